@@ -1,0 +1,1 @@
+"""Hierarchical federated learning services (global aggregator, local aggregator, client)."""

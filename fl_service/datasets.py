@@ -1,0 +1,139 @@
+"""Built-in datasets and the helpers every role uses on them.
+
+Each loader takes the service config `cfg` (a `Mapping[str, Any]` with the keys of the
+fl_service config table) and returns `(train_dataset, test_dataset)`; labels are ints 0..9.
+The test split is fixed (the same for every role, whatever `seed` says): the GA evaluates on it
+and no client trains on it; clients partition the train split (see `fl_service.partition`).
+
+- digits: scikit-learn's `load_digits` (ships inside the wheel, offline), 1x8x8 float images
+  standardised (pixels / 16, minus mean, over std), a stratified 20% test split drawn with a
+  constant seed.
+- fashion_mnist: torchvision `FashionMNIST` under `data_dir`. When its raw folder is missing,
+  Debian's `dataset-fashion-mnist` files (/usr/share/datasets/fashion-mnist/*.gz) are unpacked
+  into `<data_dir>/FashionMNIST/raw/` first; otherwise `download` decides.
+- cifar10: torchvision `CIFAR10` under `data_dir` (`download` decides), the official archive
+  layout `cifar-10-batches-py/`.
+
+Helpers: `dataset_labels(dataset)` (all labels as a numpy int array, without loading images),
+`class_histogram(dataset)` ({label: count}) and `make_loader(dataset, cfg, shuffle)`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+DIGITS_TEST_FRACTION = 0.2
+# Mean and standard deviation of load_digits' pixels / 16: centred inputs train much faster.
+DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
+# A constant, not cfg["seed"]: every role must hold out the very same test images.
+DIGITS_SPLIT_SEED = 20240601
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_digits(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    """scikit-learn digits as (train, test) TensorDatasets of 1x8x8 float32 images, int64 labels."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = ((bunch.images / 16.0 - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)[:, None]
+    labels = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images,
+        labels,
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    return (
+        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
+        TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+    )
+
+
+def data_root(cfg: Mapping[str, Any]) -> Path:
+    return Path(cfg["data_dir"]).expanduser()
+
+
+def unpack_debian_fashion_mnist(root: Path, source: Path = DEBIAN_FASHION_MNIST) -> bool:
+    """Gunzip Debian's Fashion-MNIST IDX files into torchvision's raw folder under `root`.
+
+    Returns True when the raw folder is ready (it already was, or it was filled from `source`).
+    """
+    raw = root / "FashionMNIST" / "raw"
+    names = [p.name[: -len(".gz")] for p in sorted(source.glob("*-ubyte.gz"))]
+    if raw.is_dir() and any(raw.iterdir()):
+        return True
+    if len(names) != 4:
+        return False
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        partial = raw / (name + ".partial")
+        with gzip.open(source / (name + ".gz"), "rb") as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(raw / name)  # atomic: a concurrent role never reads half a file
+    return True
+
+
+def load_fashion_mnist(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    root = data_root(cfg)
+    found_locally = unpack_debian_fashion_mnist(root)
+    download = bool(cfg["download"]) and not found_locally
+    to_tensor = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))]
+    )
+    train = datasets.FashionMNIST(root, train=True, download=download, transform=to_tensor)
+    test = datasets.FashionMNIST(root, train=False, download=download, transform=to_tensor)
+    return train, test
+
+
+def load_cifar10(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets, transforms
+
+    root = data_root(cfg)
+    to_tensor = transforms.Compose(
+        [
+            transforms.ToTensor(),
+            transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        ]
+    )
+    download = bool(cfg["download"])
+    train = datasets.CIFAR10(root, train=True, download=download, transform=to_tensor)
+    test = datasets.CIFAR10(root, train=False, download=download, transform=to_tensor)
+    return train, test
+
+
+def dataset_labels(dataset: Dataset) -> np.ndarray:
+    """All labels of `dataset` as an int64 array, read from metadata where possible."""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy().astype(np.int64)
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return np.asarray(targets, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def class_histogram(dataset: Dataset) -> dict[int, int]:
+    """{label: number of examples} for the labels present in `dataset`."""
+    labels, counts = np.unique(dataset_labels(dataset), return_counts=True)
+    return {int(label): int(count) for label, count in zip(labels, counts, strict=True)}
+
+
+def make_loader(dataset: Dataset, cfg: Mapping[str, Any], shuffle: bool) -> DataLoader:
+    """A DataLoader with cfg["batch_size"]; shuffling is seeded by cfg["seed"] (repeatable)."""
+    generator = torch.Generator().manual_seed(int(cfg["seed"])) if shuffle else None
+    return DataLoader(
+        dataset, batch_size=int(cfg["batch_size"]), shuffle=shuffle, generator=generator
+    )

@@ -1,0 +1,42 @@
+"""Find the task module a service runs.
+
+`load_task(cfg)` imports cfg["task"] (a Python import path, e.g. `my_pkg.my_task`) when it is
+set, else the built-in `fl_service.tasks.<cfg["dataset"]>`, and checks that the module exposes
+the task contract's callables (docs/architecture.md "Task contract"). A module that lacks one
+raises ValueError("task: <path> lacks <name>").
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+BUILTIN_TASKS = {
+    "digits": "fl_service.tasks.digits",
+    "fashion_mnist": "fl_service.tasks.fashion_mnist",
+    "cifar10": "fl_service.tasks.cifar10",
+}
+CONTRACT = ("load_model", "load_data", "train", "test")
+
+
+def task_path(cfg: Mapping[str, Any]) -> str:
+    if cfg.get("task"):
+        return str(cfg["task"])
+    dataset = cfg["dataset"]
+    if dataset not in BUILTIN_TASKS:
+        raise ValueError(f"dataset: must be one of {', '.join(BUILTIN_TASKS)}, got {dataset!r}")
+    return BUILTIN_TASKS[dataset]
+
+
+def load_task(cfg: Mapping[str, Any]) -> ModuleType:
+    path = task_path(cfg)
+    try:
+        module = importlib.import_module(path)
+    except ImportError as exc:
+        raise ValueError(f"task: cannot import {path}: {exc}") from exc
+    for name in CONTRACT:
+        if not callable(getattr(module, name, None)):
+            raise ValueError(f"task: {path} lacks {name}")
+    return module
