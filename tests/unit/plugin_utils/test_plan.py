@@ -1,0 +1,74 @@
+"""plan.make_plan: the assignment and the per-service fl_service configs and digests."""
+
+import json
+
+import pytest
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
+from inventory_fixtures import local_hfl, without
+
+
+def build(**overrides):
+    return topology.build(*local_hfl(**overrides))
+
+
+def by_name(p):
+    return {s["name"]: s for s in p["services"]}
+
+
+def test_hfl_plan_follows_pins_and_contract_shape():
+    p = plan.make_plan(build())
+    assert p["pipeline"] == "demo" and p["runtime"] == "process"
+    assert p["assignment"] == {"c1": "la1", "c2": "la1", "c3": "la2", "c4": "la2"}
+    s = by_name(p)
+    assert s["ga"]["parent"] is None and "parent" not in s["ga"]["config"]
+    assert s["ga"]["config"]["global_rounds"] == 3
+    assert s["la1"]["config"]["parent"] == "127.0.0.1:8080"
+    assert s["la1"]["config"]["local_rounds"] == 1
+    assert s["c3"]["config"]["parent"] == "127.0.0.1:8082"
+    assert s["c3"]["config"]["partition_id"] == 2
+    assert s["c3"]["config"]["num_partitions"] == 4
+    assert s["c3"]["config"]["state_dir"].endswith("/demo/c3/state")
+    assert "global_rounds" not in s["c3"]["config"]
+    json.dumps(p)  # JSON-able as written to plan.json
+
+
+def test_flat_fl_clients_report_to_the_ga():
+    hosts, groups = without(*local_hfl(), "la1", "la2")
+    for c in ("c1", "c2", "c3", "c4"):
+        hosts[c].pop("hfl_parent")
+    p = plan.make_plan(topology.build(hosts, groups))
+    assert set(p["assignment"].values()) == {"ga"}
+    assert by_name(p)["c1"]["config"]["parent"] == "127.0.0.1:8080"
+
+
+def test_unpinned_clients_go_to_the_cheapest_la_with_room():
+    p = plan.make_plan(build(
+        la1={"hfl_capacity": 2},
+        c1={"hfl_parent": None, "hfl_link_cost": {"la1": 1, "la2": 9}},
+        c2={"hfl_parent": None, "hfl_link_cost": {"la1": 1, "la2": 9}},
+        c3={"hfl_parent": None, "hfl_link_cost": {"la1": 1, "la2": 9}},
+    ))
+    assert p["assignment"]["c1"] == "la1" and p["assignment"]["c2"] == "la1"
+    assert p["assignment"]["c3"] == "la2"  # la1 is full
+    assert by_name(p)["c3"]["link_cost"] == 9
+
+
+def test_digest_ignores_parent_but_not_training_settings():
+    base = by_name(plan.make_plan(build()))
+    moved = by_name(plan.make_plan(build(), {"c1": "la2"}))
+    assert moved["c1"]["config"]["parent"] == "127.0.0.1:8082"
+    assert moved["c1"]["digest"] == base["c1"]["digest"]
+    changed = by_name(plan.make_plan(build(ga={"hfl_local_epochs": 2})))
+    assert changed["c1"]["digest"] != base["c1"]["digest"]
+    assert changed["ga"]["digest"] == base["ga"]["digest"]
+    assert changed["la1"]["digest"] == base["la1"]["digest"]
+
+
+def test_assignment_override_is_checked():
+    with pytest.raises(topology.TopologyError) as e:
+        plan.make_plan(build(la2={"hfl_capacity": 2}), {"c1": "la2", "c9": "la1", "c2": "c3"})
+    assert e.value.errors == [
+        "assignment: c2: parent 'c3' is not an aggregator",
+        "assignment: 'c9' is not a client of pipeline demo",
+        "assignment: la2 gets 3 clients, above its hfl_capacity 2",
+    ]
