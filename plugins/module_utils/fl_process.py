@@ -1,0 +1,172 @@
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+"""Target-side management of one detached background service in its own folder.
+
+The folder holds ``config.yaml`` (written by the caller), ``digest`` (what the running process
+was started with), ``pid`` and ``service.log``. ``ensure_running`` decides between nothing,
+a reload (SIGHUP: the config changed but not its digest) and a restart (the digest changed or
+the process is gone); ``ensure_absent`` stops the process and removes the folder.
+Standard library only: it runs on every target host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
+
+
+class ServiceError(Exception):
+    pass
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write(path, text):
+    """Write atomically so a reload never reads half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def running_pid(folder):
+    """The pid from the pidfile if that process is alive and is this folder's service (its
+    command line names this folder's config), else None: a recycled pid is not ours."""
+    text = _read(os.path.join(folder, PIDFILE))
+    if not text or not text.strip().isdigit():
+        return None
+    pid = int(text)
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return None
+    config = os.path.join(folder, CONFIG).encode()
+    return pid if config in argv and not zombie else None
+
+
+def log_tail(folder, lines=15):
+    text = _read(os.path.join(folder, LOG)) or ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop(folder, pid, timeout=20.0):
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while running_pid(folder) == pid:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+        time.sleep(0.1)
+
+
+def start(folder, argv, env):
+    """Start ``argv`` detached (own session, no controlling terminal, output to the log) so it
+    outlives the Ansible connection, and record its pid."""
+    environ = dict(os.environ, **env)
+    with open(os.path.join(folder, LOG), "ab") as log:
+        proc = subprocess.Popen(
+            argv, cwd=folder, env=environ, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    _write(os.path.join(folder, PIDFILE), f"{proc.pid}\n")
+    return proc
+
+
+def wait_ready(folder, proc, url, timeout):
+    """Poll ``url`` until it answers 200 or the deadline passes; fail early if the process
+    exits (e.g. a config error), with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServiceError(f"exited with status {proc.returncode}:\n{log_tail(folder)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return json.loads(r.read() or b"{}")
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise ServiceError(f"not answering {url} after {timeout:.0f} s:\n{log_tail(folder)}")
+        time.sleep(0.25)
+
+
+def plan_present(folder, config_text, digest):
+    """What ensure_running would do: 'unchanged', 'reload', 'start' or 'restart'."""
+    pid = running_pid(folder)
+    if pid is None:
+        return "start"
+    if _read(os.path.join(folder, DIGEST)) != digest:
+        return "restart"
+    if _read(os.path.join(folder, CONFIG)) != config_text:
+        return "reload"
+    return "unchanged"
+
+
+def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, check=False):
+    """Bring the service in ``folder`` to ``config_text``; returns (action, pid)."""
+    action = plan_present(folder, config_text, digest)
+    pid = running_pid(folder)
+    if check or action == "unchanged":
+        return action, pid
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    if action == "reload":
+        _write(os.path.join(folder, CONFIG), config_text)
+        os.kill(pid, signal.SIGHUP)
+        return action, pid
+    if pid is not None:
+        stop(folder, pid)
+    _write(os.path.join(folder, CONFIG), config_text)
+    # The digest is recorded only once the process answers, so a failed start is retried.
+    try:
+        os.remove(os.path.join(folder, DIGEST))
+    except FileNotFoundError:
+        pass
+    proc = start(folder, argv, env)
+    if ready_url:
+        try:
+            wait_ready(folder, proc, ready_url, timeout)
+        except ServiceError:
+            if proc.poll() is None:
+                stop(folder, proc.pid)
+            raise
+    _write(os.path.join(folder, DIGEST), digest)
+    return action, proc.pid
+
+
+def ensure_absent(folder, check=False):
+    """Stop the service and remove its folder; returns (changed, pid it stopped or None)."""
+    pid = running_pid(folder)
+    exists = os.path.isdir(folder)
+    if check or not exists:
+        return exists, pid
+    if pid is not None:
+        stop(folder, pid)
+    shutil.rmtree(folder)
+    parent = os.path.dirname(folder.rstrip("/"))
+    # The pipeline folder holds only service folders: drop it with its last service.
+    try:
+        os.rmdir(parent)
+    except OSError:
+        pass
+    return True, pid

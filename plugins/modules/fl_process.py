@@ -1,0 +1,221 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fl_process
+short_description: Run one fl_service as a managed background process
+version_added: 0.1.0
+description:
+  - Manages one C(python -m fl_service) process on the target host (the C(process) runtime).
+  - The service lives in its own folder O(dir) holding C(config.yaml), C(digest), C(pid),
+    C(service.log) and the service's C(state/) folder.
+  - With O(state=present) the process is started when it is not running, restarted when
+    O(digest) differs from the one it runs with, and sent C(SIGHUP) (re-read the config) when only
+    the config changed but not its digest, which is how a client moves to another parent without
+    a restart. Otherwise nothing happens.
+  - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
+author:
+  - hfl.orchestration developers
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  name:
+    description: Service name, used in messages.
+    type: str
+    required: true
+  dir:
+    description:
+      - The service's folder on the target. A leading C(~) is the remote user's home.
+      - With O(state=absent) it is removed, and its parent folder too when that is left empty.
+    type: path
+    required: true
+  role:
+    description: Which fl_service role to run. Required with O(state=present).
+    type: str
+    choices: [global_aggregator, local_aggregator, client]
+  config:
+    description:
+      - The fl_service configuration (keys as in docs/architecture.md). Required with
+        O(state=present).
+      - A leading C(~) in C(state_dir) and C(data_dir) is expanded on the target.
+    type: dict
+  digest:
+    description:
+      - Identity of the configuration; a change restarts the process. Plans compute it as the
+        sha256 of the config without C(parent). Required with O(state=present).
+    type: str
+  python:
+    description: Python interpreter that has fl_service installed.
+    type: str
+    default: python3
+  environment:
+    description: Extra environment variables for the process.
+    type: dict
+    default: {}
+  wait_timeout:
+    description:
+      - Seconds to wait after a start until the service answers C(GET /status); C(0) does not
+        wait. A process that exits first fails the task with the end of its log.
+      - Services serving TLS are not waited for.
+    type: int
+    default: 120
+  state:
+    description: Whether the service should run.
+    type: str
+    choices: [present, absent]
+    default: present
+notes:
+  - The process is detached (own session, output in C(service.log)) so it outlives the
+    connection; its pid is checked against its command line, so a recycled pid is not mistaken
+    for the service.
+seealso:
+  - module: hfl.orchestration.fl_status
+"""
+
+EXAMPLES = r"""
+- name: Run the global aggregator of pipeline demo
+  hfl.orchestration.fl_process:
+    name: ga
+    role: global_aggregator
+    dir: ~/.local/state/hfl/demo/ga
+    python: ~/.local/share/hfl/venv/bin/python
+    config:
+      name: ga
+      pipeline: demo
+      port: 8080
+      global_rounds: 5
+      state_dir: ~/.local/state/hfl/demo/ga/state
+    digest: "{{ service.digest }}"
+
+- name: Place every service of a plan on its host
+  hfl.orchestration.fl_process:
+    name: "{{ item.name }}"
+    role: "{{ item.role }}"
+    dir: "{{ item.dir }}"
+    config: "{{ item.config }}"
+    digest: "{{ item.digest }}"
+  loop: "{{ hfl_plan.services | selectattr('host', 'equalto', inventory_hostname) }}"
+
+- name: Stop and remove a service
+  hfl.orchestration.fl_process:
+    name: c1
+    dir: ~/.local/state/hfl/demo/c1
+    state: absent
+"""
+
+RETURN = r"""
+action:
+  description: What was done (or would be, in check mode).
+  returned: always
+  type: str
+  sample: restart
+  choices: [unchanged, start, restart, reload, stop, absent]
+pid:
+  description: Pid of the running service; for O(state=absent) the pid that was stopped.
+  returned: always
+  type: int
+  sample: 12345
+config_path:
+  description: The config file the service reads.
+  returned: always
+  type: str
+  sample: /root/.local/state/hfl/demo/ga/config.yaml
+log_path:
+  description: The service's log.
+  returned: always
+  type: str
+  sample: /root/.local/state/hfl/demo/ga/service.log
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hfl.orchestration.plugins.module_utils import fl_process as svc
+
+COMMANDS = {
+    "global_aggregator": "global-aggregator",
+    "local_aggregator": "local-aggregator",
+    "client": "client",
+}
+PATH_KEYS = ("state_dir", "data_dir")
+
+
+def _config_text(config):
+    """JSON is YAML: no YAML library is needed on the target."""
+    config = dict(config)
+    for key in PATH_KEYS:
+        if isinstance(config.get(key), str):
+            config[key] = os.path.expanduser(config[key])
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def _ready_url(config):
+    if config.get("tls_cert"):
+        return None
+    host = config.get("bind_host") or "127.0.0.1"
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config['port']}/status"
+
+
+def run_module():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            dir=dict(type="path", required=True),
+            role=dict(type="str", choices=list(COMMANDS)),
+            config=dict(type="dict"),
+            digest=dict(type="str"),
+            python=dict(type="str", default="python3"),
+            environment=dict(type="dict", default={}),
+            wait_timeout=dict(type="int", default=120),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+        ),
+        required_if=[("state", "present", ("role", "config", "digest"))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    folder = p["dir"]
+    result = dict(
+        config_path=os.path.join(folder, svc.CONFIG), log_path=os.path.join(folder, svc.LOG)
+    )
+    if p["state"] == "absent":
+        changed, pid = svc.ensure_absent(folder, check=module.check_mode)
+        module.exit_json(changed=changed, action="stop" if changed else "absent", pid=pid,
+                         **result)
+
+    if "port" not in p["config"]:
+        module.fail_json(msg=f"{p['name']}: config has no port", **result)
+    config_text = _config_text(p["config"])
+    config_path = result["config_path"]
+    argv = [os.path.expanduser(p["python"]), "-m", "fl_service", COMMANDS[p["role"]],
+            "--config", config_path]
+    env = {str(k): str(v) for k, v in p["environment"].items()}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    url = _ready_url(p["config"]) if p["wait_timeout"] > 0 else None
+    try:
+        action, pid = svc.ensure_running(folder, config_text, p["digest"], argv, env, url,
+                                         p["wait_timeout"], check=module.check_mode)
+    except (svc.ServiceError, OSError) as e:
+        module.fail_json(msg=f"{p['name']}: {e}", **result)
+    module.exit_json(changed=action != "unchanged", action=action, pid=pid, **result)
+
+
+def main():
+    run_module()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Process management of fl_process against a tiny stand-in service (it only serves /status and
+counts SIGHUPs); the real fl_service is exercised by the integration tests."""
+
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+import time
+import urllib.request
+
+import pytest
+from ansible_collections.hfl.orchestration.plugins.module_utils import fl_process as svc
+
+STAND_IN = textwrap.dedent("""
+    import http.server, json, signal, sys
+    cfg = json.load(open(sys.argv[1]))
+    if cfg.get("fail"):
+        print("config error: fail"); sys.exit(2)
+    hups = []
+    signal.signal(signal.SIGHUP, lambda *a: hups.append(1))
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"name": cfg["name"], "hups": len(hups)}).encode()
+            self.send_response(200); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a): pass
+    http.server.HTTPServer(("127.0.0.1", cfg["port"]), H).serve_forever()
+""")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service(tmp_path):
+    folder = str(tmp_path / "demo" / "svc")
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/status"
+    argv = [sys.executable, str(script), os.path.join(folder, svc.CONFIG)]
+
+    def ensure(config, digest, check=False):
+        text = json.dumps({"name": "svc", "port": port, **config})
+        return svc.ensure_running(folder, text, digest, argv, {}, url, 30, check=check)
+
+    yield folder, ensure, url
+    pid = svc.running_pid(folder)
+    if pid:
+        svc.stop(folder, pid)
+
+
+def status(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_start_is_idempotent_and_digest_change_restarts(service):
+    folder, ensure, url = service
+    assert ensure({}, "d1", check=True) == ("start", None)
+    assert svc.running_pid(folder) is None  # check mode started nothing
+    action, pid = ensure({}, "d1")
+    assert action == "start" and status(url)["name"] == "svc"
+    assert ensure({}, "d1") == ("unchanged", pid)
+    action, pid2 = ensure({"epochs": 2}, "d2")
+    assert action == "restart" and pid2 != pid
+    assert svc.running_pid(folder) == pid2 and status(url)["name"] == "svc"
+
+
+def test_config_change_with_same_digest_reloads_without_restart(service):
+    folder, ensure, url = service
+    _, pid = ensure({"parent": "a:1"}, "d1")
+    assert ensure({"parent": "b:2"}, "d1") == ("reload", pid)
+    deadline = time.monotonic() + 10
+    while status(url)["hups"] < 1:
+        assert time.monotonic() < deadline, "SIGHUP never arrived"
+        time.sleep(0.05)
+    assert '"b:2"' in open(os.path.join(folder, svc.CONFIG)).read()
+
+
+def test_dead_process_is_started_again(service):
+    folder, ensure, _ = service
+    _, pid = ensure({}, "d1")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while svc.running_pid(folder) == pid:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    action, pid2 = ensure({}, "d1")
+    assert action == "start" and pid2 != pid
+
+
+def test_failed_start_reports_the_log_and_is_retried(service):
+    folder, ensure, _ = service
+    with pytest.raises(svc.ServiceError, match="exited with status 2:\nconfig error: fail"):
+        ensure({"fail": True}, "d1")
+    assert ensure({"fail": True}, "d1", check=True)[0] == "start"
+
+
+def test_absent_stops_and_removes_everything(service):
+    folder, ensure, _ = service
+    _, pid = ensure({}, "d1")
+    assert svc.ensure_absent(folder, check=True) == (True, pid)
+    assert svc.running_pid(folder) == pid
+    assert svc.ensure_absent(folder) == (True, pid)
+    assert not os.path.exists(os.path.dirname(folder))  # the emptied pipeline folder too
+    assert svc.ensure_absent(folder) == (False, None)
