@@ -11,6 +11,7 @@ Standard library only: it runs on every target host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,10 +139,8 @@ def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, c
         stop(folder, pid)
     _write(os.path.join(folder, CONFIG), config_text)
     # The digest is recorded only once the process answers, so a failed start is retried.
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(folder, DIGEST))
-    except FileNotFoundError:
-        pass
     proc = start(folder, argv, env)
     if ready_url:
         try:
@@ -165,8 +164,6 @@ def ensure_absent(folder, check=False):
     shutil.rmtree(folder)
     parent = os.path.dirname(folder.rstrip("/"))
     # The pipeline folder holds only service folders: drop it with its last service.
-    try:
+    with contextlib.suppress(OSError):
         os.rmdir(parent)
-    except OSError:
-        pass
     return True, pid

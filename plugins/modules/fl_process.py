@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: hfl.orchestration developers
 # Apache License 2.0
 
@@ -137,11 +136,14 @@ log_path:
   sample: /root/.local/state/hfl/demo/ga/service.log
 """
 
-import json
-import os
+# Ansible's layout puts the documentation strings above the imports.
+import json  # noqa: E402
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hfl.orchestration.plugins.module_utils import fl_process as svc
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hfl.orchestration.plugins.module_utils import (  # noqa: E402
+    fl_process as svc,
+)
 
 COMMANDS = {
     "global_aggregator": "global-aggregator",

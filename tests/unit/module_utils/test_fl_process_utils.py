@@ -79,7 +79,8 @@ def test_config_change_with_same_digest_reloads_without_restart(service):
     while status(url)["hups"] < 1:
         assert time.monotonic() < deadline, "SIGHUP never arrived"
         time.sleep(0.05)
-    assert '"b:2"' in open(os.path.join(folder, svc.CONFIG)).read()
+    with open(os.path.join(folder, svc.CONFIG)) as f:
+        assert '"b:2"' in f.read()
 
 
 def test_dead_process_is_started_again(service):
