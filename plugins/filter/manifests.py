@@ -1,0 +1,26 @@
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+"""Filters over plugin_utils.manifests: the one renderer, reachable from role tasks."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests
+
+
+def k8s_manifests(plan, image=None, python=None, host_paths=None):
+    """Multi-document YAML for ``plan`` (see manifests.render)."""
+    try:
+        return manifests.render(plan, image=image, python=python, host_paths=host_paths)
+    except manifests.ManifestError as err:
+        raise AnsibleFilterError(str(err)) from err
+
+
+def podman_units(text):
+    """Per-service podman units cut from the rendered text (see manifests.podman_units)."""
+    return manifests.podman_units(text)
+
+
+class FilterModule:
+    def filters(self):
+        return {"k8s_manifests": k8s_manifests, "podman_units": podman_units}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Prints `export` lines that point podman at a config kept under a scratch folder, and writes
+# that config. Use: eval "$(scripts/podman-env.sh [DIR])"  (DIR defaults to .tmp/podman).
+# Why: on our build machines podman's defaults fail (this-machine.md §3): crun cannot run under
+# the hybrid cgroup layout and root lacks CAP_SYS_RESOURCE to raise rlimits, so containers run
+# with runc and ulimits at or below the host's. On a normal host podman needs none of this.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=$(mkdir -p "${1:-$root/.tmp/podman}" && cd "${1:-$root/.tmp/podman}" && pwd)
+mkdir -p "$dir/networks" "$dir/storage" "$dir/run"
+nofile=$(ulimit -n)
+cat > "$dir/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+
+[network]
+network_config_dir = "$dir/networks"
+CONF
+cat > "$dir/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$dir/storage"
+runroot = "$dir/run"
+CONF
+echo "export CONTAINERS_CONF=$dir/containers.conf CONTAINERS_STORAGE_CONF=$dir/storage.conf"

@@ -1,0 +1,191 @@
+"""manifests.render: schema-valid objects for the pinned k3s, one source of bytes for both
+container executors, and the in-cluster addresses children use to reach their parents."""
+
+import copy
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.vars.manager import VariableManager
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests, plan, topology
+from inventory_fixtures import PIPELINE_VARS, local_hfl
+
+ROOT = Path(__file__).resolve().parents[3]
+TEAMS = ("team1", "team2", "team3", "team4")
+
+
+def pinned_kubernetes():
+    """The Kubernetes version of the k3s release the k3s_server role installs."""
+    defaults = yaml.safe_load((ROOT / "roles/k3s_server/defaults/main.yml").read_text())
+    major, minor = defaults["hfl_k3s_version"].lstrip("v").split("+")[0].split(".")[:2]
+    return f"{major}.{minor}.0"
+
+
+def load_inventory(path):
+    """hostvars and groups as Ansible hands them to the fl_plan action plugin."""
+    assert path.is_dir(), f"{path}: inventory missing"
+    loader = DataLoader()
+    inventory = InventoryManager(loader=loader, sources=[str(path)])
+    variables = VariableManager(loader=loader, inventory=inventory)
+    hosts = {h.name: variables.get_vars(host=h) for h in inventory.get_hosts()}
+    return hosts, inventory.get_groups_dict()
+
+
+def tutorial():
+    return load_inventory(ROOT / "inventories/tutorial")
+
+
+def four_teams():
+    """The tutorial inventory four times over, one pipeline per team, on one cluster."""
+    hosts, groups = tutorial()
+    members = set(groups["hfl_cluster"])
+    all_hosts, all_groups = {}, {}
+    for team in TEAMS:
+        for name in members:
+            vars_ = copy.deepcopy(dict(hosts[name]))
+            vars_["hfl_pipeline"] = team
+            # Each team has its own eight VMs.
+            vars_["ansible_host"] = vars_["hfl_address"] = f"{team}-{name}.example"
+            if vars_.get("hfl_parent"):
+                vars_["hfl_parent"] = f"{team}-{vars_['hfl_parent']}"
+            if isinstance(vars_.get("hfl_link_cost"), dict):
+                vars_["hfl_link_cost"] = {f"{team}-{k}": v
+                                          for k, v in vars_["hfl_link_cost"].items()}
+            all_hosts[f"{team}-{name}"] = vars_
+        for group, names in groups.items():
+            all_groups.setdefault(group, []).extend(f"{team}-{n}" for n in names
+                                                    if n in members)
+    return all_hosts, all_groups
+
+
+def plans_of(hosts, groups):
+    names = sorted({hosts[h].get("hfl_pipeline", "hfl") for h in groups["hfl_cluster"]})
+    return [plan.make_plan(topology.build(hosts, groups, pipeline=n)) for n in names]
+
+
+def docs(text):
+    return [doc for _, doc in manifests.documents(text)]
+
+
+def by_kind(objs, kind):
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
+
+
+@pytest.mark.parametrize("inventory", [tutorial, four_teams])
+def test_hfl_every_manifest_validates_against_pinned_k3s_schema(inventory):
+    version = pinned_kubernetes()
+    plans = plans_of(*inventory())
+    seen = set()
+    for p in plans:
+        for obj in docs(manifests.render(p)):
+            kubernetes_validate.validate(obj, version, strict=True)
+            key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            assert key not in seen, f"{key} rendered twice: pipelines would overwrite each other"
+            seen.add(key)
+    assert len(plans) == (4 if inventory is four_teams else 1)
+
+
+def test_hfl_tutorial_objects_pin_each_service_to_its_host():
+    (p,) = plans_of(*tutorial())
+    objs = docs(manifests.render(p))
+    ns = f"hfl-{p['pipeline']}"
+    assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objs} == {ns}
+    deployments = by_kind(objs, "Deployment")
+    assert len(deployments) == len(p["services"]) == 8
+    for s in p["services"]:
+        pod = deployments[manifests.dns_name(s["name"])]["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"kubernetes.io/hostname": s["host"]}
+        (container,) = pod["containers"]
+        assert container["ports"][0]["containerPort"] == s["port"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/status", "port": "http"}
+        wanted = {k: str(v) for k, v in s["resources"].items()}
+        assert container.get("resources", {}).get("limits", {}) == wanted
+    aggregators = {manifests.dns_name(s["name"]) for s in p["services"] if s["role"] != "client"}
+    assert set(by_kind(objs, "Service")) == aggregators and len(aggregators) == 3
+    (ga,) = [s for s in p["services"] if s["role"] == "global_aggregator"]
+    claim = f"{manifests.dns_name(ga['name'])}-state"
+    assert set(by_kind(objs, "PersistentVolumeClaim")) == {claim}
+    ga_volumes = deployments[manifests.dns_name(ga["name"])]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "state", "persistentVolumeClaim": {"claimName": claim}} in ga_volumes
+
+
+def test_hfl_children_reach_parents_by_service_name():
+    (p,) = plans_of(*tutorial())
+    objs = docs(manifests.render(p))
+    services = by_kind(objs, "Service")
+    plan_parent = {s["name"]: s["parent"] for s in p["services"]}
+    for cm in by_kind(objs, "ConfigMap").values():
+        config = yaml.safe_load(cm["data"]["config.yaml"])
+        assert config["bind_host"] == "0.0.0.0"
+        if plan_parent[config["name"]] is None:
+            assert "parent" not in config
+            continue
+        host, port = config["parent"].rsplit(":", 1)
+        assert host == manifests.dns_name(plan_parent[config["name"]])
+        assert services[host]["spec"]["ports"][0]["port"] == int(port)
+        assert services[host]["spec"]["selector"]["app.kubernetes.io/instance"] == host
+
+
+def test_hfl_same_plan_same_bytes_whatever_the_runtime():
+    p = plan.make_plan(topology.build(*local_hfl()))
+    text = manifests.render(p)
+    assert manifests.render(copy.deepcopy(p)) == text
+    for runtime in ("k3s", "podman"):
+        assert manifests.render(dict(p, runtime=runtime)) == text
+
+
+def test_hfl_podman_units_are_the_rendered_bytes_per_service():
+    p = plan.make_plan(topology.build(*local_hfl()))
+    text = manifests.render(p)
+    units = {u["name"]: u for u in manifests.podman_units(text)}
+    assert set(units) == {s["name"] for s in p["services"]}
+    played = [raw for u in units.values() for raw, _ in manifests.documents(u["kube"])]
+    claims = [raw for raw, doc in manifests.documents(text)
+              if doc["kind"] == "PersistentVolumeClaim"]
+    namespace = [raw for raw, doc in manifests.documents(text) if doc["kind"] == "Namespace"]
+    # Every rendered document is played verbatim, or is a claim / the Namespace podman skips.
+    assert sorted(played + claims + namespace) == sorted(raw for raw, _ in
+                                                         manifests.documents(text))
+    assert units["ga"]["claims"] == ["ga-state"]
+    assert set(units["ga"]["volumes"]) == {"ga-state", "ga-config"}
+    assert units["c1"]["claims"] == [] and units["c1"]["volumes"] == ["c1-config"]
+
+
+def test_hfl_client_move_changes_only_that_clients_unit():
+    topo = topology.build(*local_hfl())
+    before = {u["name"]: u["kube"] for u in manifests.podman_units(
+        manifests.render(plan.make_plan(topo)))}
+    after = {u["name"]: u["kube"] for u in manifests.podman_units(
+        manifests.render(plan.make_plan(topo, {"c1": "la2"})))}
+    assert [n for n in before if before[n] != after[n]] == ["c1"]
+    assert "parent: la2:8082" in after["c1"]
+
+
+def test_hfl_host_paths_mount_read_only_in_every_pod():
+    p = plan.make_plan(topology.build(*local_hfl()))
+    objs = docs(manifests.render(p, image="localhost/base:1", python="/venv/bin/python",
+                                 host_paths=["/usr", "/venv"]))
+    for d in by_kind(objs, "Deployment").values():
+        pod = d["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "localhost/base:1"
+        assert container["command"][0] == "/venv/bin/python"
+        assert {"name": "host-1", "mountPath": "/venv", "readOnly": True} in (
+            container["volumeMounts"])
+        assert {"name": "host-1", "hostPath": {"path": "/venv", "type": "Directory"}} in (
+            pod["volumes"])
+
+
+def test_hfl_names_that_collide_in_kubernetes_are_an_error():
+    extra = {"hfl_role": "client", "hfl_parent": "la1", "ansible_connection": "local",
+             **PIPELINE_VARS}
+    hosts, groups = local_hfl(**{"C_1": dict(extra, hfl_port=8095),
+                                 "c-1": dict(extra, hfl_port=8096)})
+    groups["edge"] += ["C_1", "c-1"]
+    groups["hfl_cluster"] += ["C_1", "c-1"]
+    with pytest.raises(manifests.ManifestError, match="'C_1' and 'c-1'|'c-1' and 'C_1'"):
+        manifests.render(plan.make_plan(topology.build(hosts, groups)))
