@@ -5,12 +5,16 @@ of training examples behind it. `fedavg` averages a batch of updates weighted by
 counts; `FedAvgAccumulator` folds updates in one at a time as they arrive, so that the work left
 after the last update is small. Both return arrays of the input dtypes.
 
-Speed: averaging is bound by memory bandwidth. The kernels walk the tensors in chunks that fit
-in the L2 cache and, inside a chunk, over all updates, so each input byte is read from memory once
-and the running sum never leaves the cache (bench/aggregate.py measures it). The accumulator keeps
-up to `batch` pending updates (references, no copies) and folds them together for the same reason.
-Floating tensors are summed in float32 (float64 if the input is float64); integer tensors (e.g.
-BatchNorm's `num_batches_tracked`) in float64, then rounded back.
+Speed: averaging is bound by memory bandwidth. The kernel walks each tensor in chunks that fit
+in the L2 cache and, inside a chunk, over all updates with BLAS axpy (y += a*x, one fused pass),
+so each input byte is read from memory once and the running sum stays in cache. On the build
+machine this reads updates faster than np.copyto copies them, ~2.7x Flower's aggregate()
+(bench/aggregate.py). The accumulator keeps up to `batch` pending updates (references, no copies)
+and folds them together for the same reason. Updates may be read-only arrays (np.frombuffer
+views of received bytes): the transport can hand over ArrayRecord's arrays as they are.
+float32 tensors are summed in float32 (compared to float64 in tests); all others (float64,
+float16, and integers like BatchNorm's `num_batches_tracked`) in float64, then cast back
+(integers rounded).
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.linalg import blas
 
-# 32768 float32 = 128 KiB per chunk: the running sum and the product fit in L2 with room to spare.
-CHUNK_ELEMENTS = 32768
+# 131072 float32 = 512 KiB: a chunk of the running sum stays in L2 while every update's chunk
+# streams past it (measured with bench/aggregate.py's inputs: 128 KiB chunks ~25% slower).
+CHUNK_ELEMENTS = 131072
+# y += a * x in one fused pass (BLAS axpy); numpy needs two passes and a temporary.
+_AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 
 
 def validate_update(
@@ -46,29 +54,24 @@ def validate_update(
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return dtype
-    return np.dtype(np.float64)
+    return np.dtype(np.float32) if dtype == np.float32 else np.dtype(np.float64)
 
 
 def _fold(
     out: np.ndarray, arrays: Sequence[np.ndarray], weights: Sequence[float], start: bool
 ) -> None:
-    """out += sum(w * a) (or = when `start`), chunk by chunk, all arrays per chunk."""
+    """out += sum(w * a) (out = ... when `start`), chunk by chunk, all arrays per chunk."""
+    axpy = _AXPY[out.dtype]
     flat_out = out.reshape(-1)
-    flats = [np.ascontiguousarray(a).reshape(-1) for a in arrays]
-    scratch = np.empty(min(CHUNK_ELEMENTS, flat_out.size), dtype=out.dtype)
+    flats = [np.ascontiguousarray(a, dtype=out.dtype).reshape(-1) for a in arrays]
+    first = 1 if start else 0
     for lo in range(0, flat_out.size, CHUNK_ELEMENTS):
-        hi = min(lo + CHUNK_ELEMENTS, flat_out.size)
+        hi = lo + CHUNK_ELEMENTS
         acc = flat_out[lo:hi]
-        tmp = scratch[: hi - lo]
-        first = 0
         if start:
             np.multiply(flats[0][lo:hi], weights[0], out=acc)
-            first = 1
         for flat, w in zip(flats[first:], weights[first:], strict=True):
-            np.multiply(flat[lo:hi], w, out=tmp)
-            np.add(acc, tmp, out=acc)
+            axpy(flat[lo:hi], acc, a=w)  # updates acc in place: it is contiguous, of axpy's type
 
 
 def _finish(

@@ -103,3 +103,20 @@ def test_valid_update_passes():
 def test_malformed_updates_are_rejected_with_a_reason(mutate, num_examples, reason):
     (reference, _), (update, _) = make_updates(2)
     assert reason in validate_update(reference, mutate(update), num_examples)
+
+
+def test_read_only_arrays_as_deserialised_from_the_wire_are_accepted():
+    updates = make_updates(3, seed=3)
+    frozen = []
+    for arrays, n in updates:
+        views = [np.frombuffer(a.tobytes(), dtype=a.dtype).reshape(a.shape) for a in arrays]
+        assert not views[0].flags.writeable
+        frozen.append((views, n))
+    assert_close(fedavg(frozen), reference_mean(updates))
+
+
+def test_float64_models_are_averaged_in_float64():
+    a, b = [np.array([1.0, 1e-12])], [np.array([3.0, 3e-12])]
+    (avg,) = fedavg([(a, 1), (b, 1)])
+    assert avg.dtype == np.float64
+    np.testing.assert_allclose(avg, [2.0, 2e-12], rtol=1e-12)
