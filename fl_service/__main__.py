@@ -1,0 +1,80 @@
+"""python -m fl_service {global-aggregator|local-aggregator|client} --config FILE"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from fl_service.config import ROLES, ConfigError, help_text, load_config
+
+EXIT_CONFIG = 2
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_service",
+        description="Hierarchical FL services: global aggregator, local aggregator, client.",
+        epilog=help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("role", choices=ROLES)
+    parser.add_argument("--config", help="YAML config file (keys below)")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def _build(role: str, cfg: dict):  # noqa: ANN202
+    # Imported here so a config error is reported before torch and Flower load.
+    if role == "global-aggregator":
+        from fl_service.roles.global_aggregator import GlobalAggregator
+
+        return GlobalAggregator(cfg)
+    if role == "local-aggregator":
+        from fl_service.roles.local_aggregator import LocalAggregator
+
+        return LocalAggregator(cfg)
+    from fl_service.roles.client import Client
+
+    return Client(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.role, args.config)
+        service = _build(args.role, cfg)
+    except ConfigError as exc:
+        print(f"fl_service: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:  # the task loader and device picker name the key first
+        print(f"fl_service: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if hasattr(service, "parent"):
+        # SIGHUP re-reads the config; the reload runs off the signal handler's stack.
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
+            target=_reload, args=(service,), daemon=True).start())
+    try:
+        service.start_http()
+    except OSError as exc:
+        print(f"fl_service: cannot serve on {cfg['bind_host']}:{cfg['port']}: {exc}",
+              file=sys.stderr)
+        return 1
+    service.run()
+    service.serve_until_stopped()
+    return 0
+
+
+def _reload(service) -> None:  # noqa: ANN001
+    try:
+        service.parent.reload()
+    except (ConfigError, ValueError) as exc:
+        logging.getLogger("fl_service").error("reload failed: %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Service configuration: one YAML file, every key overridable by `HFL_<KEY>` (env wins).
+
+A bad config is reported as one line naming the key (`ConfigError`) before any network
+activity; `python -m fl_service --help` prints `KEYS` as the reference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROLES = ("global-aggregator", "local-aggregator", "client")
+GA, LA, CLIENT = ROLES
+ALL = ROLES
+DATASETS = ("digits", "fashion_mnist", "cifar10")
+PARTITIONERS = ("iid", "dirichlet", "label_skew")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type
+    default: Any
+    roles: tuple[str, ...]
+    help: str
+
+
+REQUIRED = object()
+
+KEYS: dict[str, Key] = {
+    "name": Key(str, REQUIRED, ALL, "service name; also the peer name on links"),
+    "pipeline": Key(str, "hfl", ALL, "pipeline name"),
+    "bind_host": Key(str, "127.0.0.1", ALL, "address the HTTP port binds to"),
+    "port": Key(int, REQUIRED, ALL, "the one HTTP port: FL protocol, /status, /metrics, /control"),
+    "parent": Key(str, REQUIRED, (LA, CLIENT), "host:port of the parent aggregator (GA or LA)"),
+    "state_dir": Key(str, "", ALL, "results.jsonl, checkpoint, final model (./hfl-state/<name>)"),
+    "dataset": Key(str, "digits", ALL, "one of: " + ", ".join(DATASETS)),
+    "data_dir": Key(str, "~/.cache/hfl/data", ALL, "where torchvision datasets live"),
+    "download": Key(bool, False, ALL, "let torchvision download CIFAR-10/Fashion-MNIST"),
+    "task": Key(str, "", ALL, "import path of a user task module (overrides the built-in one)"),
+    "partitioner": Key(str, "iid", (CLIENT,), "one of: " + ", ".join(PARTITIONERS)),
+    "dirichlet_alpha": Key(float, 0.5, (CLIENT,), "Dirichlet concentration"),
+    "classes_per_client": Key(int, 2, (CLIENT,), "label_skew: classes per client"),
+    "partition_id": Key(int, 0, (CLIENT,), "which slice of the training split this client holds"),
+    "num_partitions": Key(int, 1, (CLIENT,), "how many slices the training split is cut into"),
+    "seed": Key(int, 0, ALL, "partitioning and initialisation seed"),
+    "global_rounds": Key(int, 10, (GA,), "global rounds to run"),
+    "local_rounds": Key(int, 1, (LA,), "LA rounds per global round (>= 1)"),
+    "local_epochs": Key(int, 1, (CLIENT,), "local training epochs per round"),
+    "batch_size": Key(int, 32, (CLIENT,), "local training batch size"),
+    "learning_rate": Key(float, 0.05, (CLIENT,), "local training learning rate"),
+    "min_participants": Key(int, 1, (GA, LA), "a round closes only if this many children answered"),
+    "round_timeout_s": Key(float, 60.0, (GA, LA), "a round closes at this deadline"),
+    "tls_cert": Key(str, "", ALL, "serve HTTPS with this certificate (PEM)"),
+    "tls_key": Key(str, "", ALL, "private key of tls_cert (PEM)"),
+    "tls_ca": Key(str, "", (LA, CLIENT), "verify the parent's certificate with this CA (https)"),
+    "device": Key(str, "auto", ALL, "one of: " + ", ".join(DEVICES)),
+    "threads": Key(int, 1, ALL, "torch intra-op threads"),
+}
+
+# Lower bounds of numeric keys; (key, bound, strict)
+MINIMUMS = {
+    "port": (1, False),
+    "global_rounds": (1, False),
+    "local_rounds": (1, False),
+    "local_epochs": (1, False),
+    "batch_size": (1, False),
+    "learning_rate": (0.0, True),
+    "min_participants": (1, False),
+    "round_timeout_s": (0.0, True),
+    "num_partitions": (1, False),
+    "partition_id": (0, False),
+    "classes_per_client": (1, False),
+    "dirichlet_alpha": (0.0, True),
+    "threads": (1, False),
+}
+CHOICES = {"dataset": DATASETS, "partitioner": PARTITIONERS, "device": DEVICES}
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+def _coerce(key: str, value: Any, from_env: bool) -> Any:
+    want = KEYS[key].type
+    if from_env and want is not str:
+        # Environment values are strings; YAML scalar rules give "3" -> 3, "true" -> True.
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(key, f"cannot parse {value!r}") from None
+    if value is None and want is str:
+        return ""
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if want is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(key, f"expected {want.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check(cfg: dict[str, Any], role: str) -> None:
+    for key, spec in KEYS.items():
+        if cfg[key] is REQUIRED:
+            if role in spec.roles:
+                raise ConfigError(key, f"required for {role}")
+            cfg[key] = ""
+    for key, (bound, strict) in MINIMUMS.items():
+        value = cfg[key]
+        if value < bound or (strict and value == bound):
+            raise ConfigError(key, f"must be {'>' if strict else '>='} {bound}, got {value}")
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ConfigError(key, f"unknown {key} {cfg[key]!r}; one of {', '.join(allowed)}")
+    if cfg["port"] > 65535:
+        raise ConfigError("port", f"must be <= 65535, got {cfg['port']}")
+    if cfg["partition_id"] >= cfg["num_partitions"]:
+        raise ConfigError("partition_id", f"must be < num_partitions ({cfg['num_partitions']})")
+    if role != GA:
+        parse_address(cfg["parent"], "parent")
+    if bool(cfg["tls_cert"]) != bool(cfg["tls_key"]):
+        missing = "tls_key" if cfg["tls_cert"] else "tls_cert"
+        raise ConfigError(missing, "tls_cert and tls_key go together")
+
+
+def parse_address(value: str, key: str = "parent") -> tuple[str, int]:
+    """'host:port' -> (host, port); ConfigError naming `key` if malformed."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(key, f"expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_config(
+    role: str, path: str | os.PathLike | None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Read, merge (env over file over defaults) and validate; raises ConfigError."""
+    if role not in ROLES:
+        raise ConfigError("role", f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    environ = os.environ if environ is None else environ
+    raw: Any = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc}".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError("config", f"{path} must hold a YAML mapping")
+    cfg = {key: spec.default for key, spec in KEYS.items()}
+    for key, value in raw.items():
+        if key not in KEYS:
+            raise ConfigError(str(key), "unknown key")
+        cfg[key] = _coerce(key, value, from_env=False)
+    for key in KEYS:
+        env_value = environ.get(f"HFL_{key.upper()}")
+        if env_value is not None:
+            cfg[key] = _coerce(key, env_value, from_env=True)
+    _check(cfg, role)
+    if not cfg["state_dir"]:
+        cfg["state_dir"] = str(Path("hfl-state") / cfg["name"])
+    cfg["role"] = role
+    cfg["config_path"] = str(path) if path is not None else ""
+    return cfg
+
+
+def help_text() -> str:
+    lines = ["config keys (YAML file; each also from env HFL_<KEY>, env wins):"]
+    short = {GA: "ga", LA: "la", CLIENT: "client"}
+    for key, spec in KEYS.items():
+        default = "required" if spec.default is REQUIRED else repr(spec.default)
+        roles = ",".join(short[r] for r in spec.roles) if spec.roles != ALL else "all"
+        kind = spec.type.__name__
+        lines.append(f"  {key:<20} {kind:<6} [{roles}] default {default}: {spec.help}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""What a service reports: /status JSON, Prometheus /metrics, and results.jsonl lines.
+
+`ServiceState` is the one place a role writes its progress to; /status, /metrics and the results
+file all read from it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from fl_service.transport import LinkCounters
+
+STATES = ("starting", "waiting", "training", "aggregating", "finished")
+
+
+class ServiceState:
+    def __init__(self, cfg: dict[str, Any], links: LinkCounters) -> None:
+        self.name = cfg["name"]
+        self.role = cfg["role"]
+        self.pipeline = cfg["pipeline"]
+        self.parent = cfg["parent"] or None
+        self.parent_name: str | None = None
+        self.state = "starting"
+        self.global_round = 0
+        self.local_round = 0
+        self.global_rounds = cfg["global_rounds"] if self.role == "global-aggregator" else None
+        self.last_metrics: dict[str, float | None] = {"accuracy": None, "loss": None}
+        self.rejected_updates = 0
+        self.num_examples = 0
+        self.histogram: dict[str, int] = {}
+        self.final_model: str | None = None
+        self.children: Callable[[], list[str]] = list
+        self.links = links
+        # Last round's timings, for /metrics.
+        self.round_wall_s = 0.0
+        self.train_time_s = 0.0
+        self.aggregation_time_s = 0.0
+        self._lock = threading.Lock()
+
+    def set(self, **fields: Any) -> None:
+        with self._lock:
+            for key, value in fields.items():
+                if not hasattr(self, key):
+                    raise AttributeError(key)
+                setattr(self, key, value)
+
+    def count_rejected(self) -> None:
+        with self._lock:
+            self.rejected_updates += 1
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "name": self.name,
+                "role": self.role,
+                "pipeline": self.pipeline,
+                "parent": self.parent,
+                "parent_name": self.parent_name,
+                "state": self.state,
+                "global_round": self.global_round,
+                "local_round": self.local_round,
+                "global_rounds": self.global_rounds,
+                "last_metrics": dict(self.last_metrics),
+                "links": self.links.snapshot(),
+                "children": sorted(self.children()),
+                "rejected_updates": self.rejected_updates,
+                "num_examples": self.num_examples,
+                "histogram": dict(self.histogram),
+                "final_model": self.final_model,
+                "pid": os.getpid(),
+            }
+
+
+class _StateCollector:
+    """Prometheus view of a ServiceState, read at scrape time."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Any]:
+        s = self.state.status()
+        labels = ["service", "role"]
+        own = [s["name"], s["role"]]
+
+        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, doc, labels=labels)
+            if value is not None:
+                family.add_metric(own, value)
+            return family
+
+        yield gauge("hfl_global_round", "current global round", s["global_round"])
+        yield gauge("hfl_local_round", "current local round (LA)", s["local_round"])
+        yield gauge("hfl_accuracy", "last accuracy", s["last_metrics"]["accuracy"])
+        yield gauge("hfl_loss", "last loss", s["last_metrics"]["loss"])
+        yield gauge("hfl_children", "connected children", len(s["children"]))
+        yield gauge("hfl_round_wall_seconds", "last round's wall time", self.state.round_wall_s)
+        yield gauge("hfl_train_seconds", "last round's training time", self.state.train_time_s)
+        yield gauge("hfl_aggregation_seconds", "last round's aggregation time",
+                    self.state.aggregation_time_s)
+        state = GaugeMetricFamily("hfl_state", "1 for the current state", labels=[*labels, "state"])
+        for name in STATES:
+            state.add_metric([*own, name], 1.0 if s["state"] == name else 0.0)
+        yield state
+        rejected = CounterMetricFamily("hfl_rejected_updates", "updates rejected", labels=labels)
+        rejected.add_metric(own, s["rejected_updates"])
+        yield rejected
+        for direction in ("sent", "received"):
+            family = CounterMetricFamily(
+                f"hfl_link_{direction}_bytes", f"bytes {direction} on each link",
+                labels=[*labels, "peer"],
+            )
+            for peer, link in s["links"].items():
+                family.add_metric([*own, peer], link[f"{direction}_bytes"])
+            yield family
+
+
+def prometheus_text(state: ServiceState) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StateCollector(state))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+class ResultsWriter:
+    """Appends one JSON line per round to <state_dir>/results.jsonl, with this round's bytes."""
+
+    def __init__(self, state_dir: Path, state: ServiceState) -> None:
+        self.path = state_dir / "results.jsonl"
+        self.state = state
+        self._last_links = state.links.snapshot()
+
+    def write(self, **fields: Any) -> dict[str, Any]:
+        links = self.state.links.snapshot()
+        delta = {}
+        for peer, now in links.items():
+            before = self._last_links.get(peer, {"sent_bytes": 0, "received_bytes": 0})
+            delta[peer] = {k: now[k] - before[k] for k in now}
+        self._last_links = links
+        line = {"ts": time.time(), "service": self.state.name, "role": self.state.role,
+                **fields, "links": delta}
+        with self.path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        return line

@@ -1,0 +1,1 @@
+"""The three services: global aggregator, local aggregator, client."""

@@ -1,0 +1,133 @@
+"""A child's end of the link to its parent (used by clients and LAs).
+
+Joins with backoff while the parent is down (e.g. a GA restart), long-polls for tasks, and
+switches parent live: `/control {"parent": ...}`, `{"reload": true}` or SIGHUP. A switch breaks
+the poll on the old parent, tells it we leave (so its open round stops waiting for us) and joins
+the new one; the next task comes from the new parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+
+from fl_service.config import load_config, parse_address
+from fl_service.metrics import ServiceState
+from fl_service.transport import FINISHED, LinkCounters, ParentLink, ParentUnavailable
+
+log = logging.getLogger("fl_service.child")
+BACKOFF_MAX_S = 5.0
+
+Task = tuple[ParentLink, dict[str, Any], list[np.ndarray]]
+
+
+class ParentSide:
+    def __init__(self, cfg: dict[str, Any], state: ServiceState, links: LinkCounters) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.links = links
+        self._lock = threading.Lock()
+        self._switched = threading.Condition(self._lock)
+        self._generation = 0  # bumped by every switch
+        self._polled_generation = 0
+        self.link = self._new_link(cfg["parent"])
+        self._joined: ParentLink | None = None  # the link we last joined through
+        self._backoff = 0.2
+
+    def _new_link(self, parent: str) -> ParentLink:
+        role = self.cfg["role"]
+        return ParentLink(parse_address(parent), self.cfg["name"], role, self.links,
+                          self.cfg["tls_ca"])
+
+    def current(self) -> ParentLink:
+        with self._lock:
+            return self.link
+
+    def _pause(self, seconds: float | None) -> None:
+        """Sleep up to `seconds` (None: forever), cut short by a parent switch."""
+        with self._switched:
+            self._switched.wait_for(lambda: self._generation != self._polled_generation, seconds)
+
+    def next_task(self, after: str) -> Task | str | None:
+        """A task from the current parent, FINISHED, or None (nothing yet; call again)."""
+        with self._lock:
+            link = self.link
+            self._polled_generation = self._generation
+        try:
+            if self._joined is not link:
+                self.state.set(parent_name=link.join())
+                self._joined = link
+            got = link.poll_task(after)
+        except ParentUnavailable as exc:
+            if link is not self.current():
+                return None  # switched away while we waited on the old parent
+            self._joined = None
+            self.state.set(parent_name=None)
+            log.warning("%s: parent unavailable (%s); retrying in %.1f s", self.cfg["name"], exc,
+                        self._backoff)
+            self._pause(self._backoff)
+            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
+            return None
+        self._backoff = 0.2
+        if got is None or got == FINISHED:
+            return got
+        header, arrays = got
+        return link, header, arrays
+
+    def wait_for_switch(self) -> None:
+        """Block until the parent changes (after the pipeline finished)."""
+        self._pause(None)
+
+    def send_update(self, link: ParentLink, header: dict[str, Any],
+                    arrays: list[np.ndarray]) -> None:
+        if link is not self.current():
+            log.info("%s: parent changed during the task; update dropped", self.cfg["name"])
+            return
+        try:
+            accepted, reason = link.send_update(header, arrays)
+        except ParentUnavailable as exc:
+            log.warning("%s: update not delivered: %s", self.cfg["name"], exc)
+            return
+        if not accepted:
+            log.warning("%s: update not accepted: %s", self.cfg["name"], reason)
+
+    def switch(self, parent: str) -> bool:
+        """Move to `parent` (host:port); False if it is the current one."""
+        parse_address(parent)
+        with self._lock:
+            old = self.link
+            if f"{old.address[0]}:{old.address[1]}" == parent:
+                return False
+            self.link = self._new_link(parent)
+            self._generation += 1
+            self._switched.notify_all()
+        self.state.set(parent=parent, parent_name=None)
+        old.abort()
+        farewell = ParentLink(old.address, self.cfg["name"], self.cfg["role"], self.links,
+                              self.cfg["tls_ca"])
+        farewell.peer = old.peer
+        try:
+            farewell.leave()
+        except ParentUnavailable as exc:
+            log.info("%s: could not tell %s we leave: %s", self.cfg["name"], old.peer, exc)
+        finally:
+            farewell.close()
+        log.info("%s: parent switched %s -> %s", self.cfg["name"], old.peer, parent)
+        return True
+
+    def reload(self) -> bool:
+        """Re-read the config file; a changed `parent` switches."""
+        fresh = load_config(self.cfg["role"], self.cfg["config_path"] or None)
+        return self.switch(fresh["parent"])
+
+    def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        if "parent" in message:
+            switched = self.switch(str(message["parent"]))
+        elif message.get("reload"):
+            switched = self.reload()
+        else:
+            raise ValueError('expected {"parent": "host:port"} or {"reload": true}')
+        return {"parent": self.state.parent, "switched": switched}

@@ -1,0 +1,340 @@
+"""The FL wire protocol, and the only module that knows it (docs/architecture.md).
+
+Children talk to their aggregator over HTTP/1.1 with one persistent connection each:
+  POST /fl/join   {name, role} -> {name: <aggregator>}   (also a heartbeat)
+  GET  /fl/task?name=N&after=T  long-poll: a task frame, {"finished": true}, or 204
+  POST /fl/update a frame with the child's result for one task
+  POST /fl/leave  {name}
+A frame is a 4-byte big-endian header length, a JSON header, then the model as a Flower
+`ArrayRecord` serialized with Flower's own protobuf serde. Measured with flwr 1.42.0
+(bench/round_overhead.py); a long-polled task is answered the moment a round opens, so the
+protocol is push-like without Flower's 3 s polling. Bytes (request and response, headers
+included) are counted per peer name at both ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import numpy as np
+from flwr.app import ArrayRecord
+from flwr.common.serde import array_record_from_proto, array_record_to_proto
+from flwr.proto.recorddict_pb2 import ArrayRecord as ArrayRecordProto
+
+from fl_service.http_server import Reply
+
+POLL_HOLD_S = 15.0  # how long the aggregator holds a task poll before answering 204
+_HEADER_LEN = struct.Struct(">I")
+FRAME_TYPE = "application/x-hfl-frame"
+JSON_TYPE = "application/json"
+
+
+# ---------------------------------------------------------------- frames
+def encode_frame(header: dict[str, Any], arrays: Sequence[np.ndarray] | None) -> bytes:
+    head = json.dumps(header).encode()
+    body = b""
+    if arrays is not None:
+        record = ArrayRecord(list(arrays))  # numpy arrays, keys "0".."n-1" in model order
+        body = array_record_to_proto(record).SerializeToString()
+    return _HEADER_LEN.pack(len(head)) + head + body
+
+
+def decode_frame(frame: bytes) -> tuple[dict[str, Any], list[np.ndarray] | None]:
+    """Raises ValueError on a malformed frame."""
+    if len(frame) < _HEADER_LEN.size:
+        raise ValueError("frame shorter than its length prefix")
+    (head_len,) = _HEADER_LEN.unpack_from(frame)
+    end = _HEADER_LEN.size + head_len
+    if end > len(frame):
+        raise ValueError("frame header runs past the frame")
+    try:
+        header = json.loads(frame[_HEADER_LEN.size : end])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"frame header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError("frame header is not a JSON object")
+    if end == len(frame):
+        return header, None
+    proto = ArrayRecordProto()
+    try:
+        proto.ParseFromString(frame[end:])
+        arrays = array_record_from_proto(proto).to_numpy_ndarrays()
+    except Exception as exc:  # protobuf and numpy raise many kinds on garbage
+        raise ValueError(f"frame model is not an ArrayRecord: {exc}") from None
+    return header, arrays
+
+
+# ---------------------------------------------------------------- link byte counters
+class LinkCounters:
+    """Bytes sent to and received from each peer, as counted at the transport."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._links: dict[str, list[int]] = {}
+
+    def add(self, peer: str, sent: int, received: int) -> None:
+        with self._lock:
+            link = self._links.setdefault(peer, [0, 0])
+            link[0] += sent
+            link[1] += received
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {p: {"sent_bytes": s, "received_bytes": r} for p, (s, r) in self._links.items()}
+
+
+# ---------------------------------------------------------------- aggregator side
+class Aggregator(Protocol):
+    """What an aggregator (GA, LA) does for the protocol's four calls."""
+
+    name: str
+
+    def join(self, child: str, role: str) -> None: ...
+
+    def next_task(self, child: str, after: str, timeout: float) -> bytes | str | None:
+        """A task frame, FINISHED, or None when nothing came within `timeout`."""
+
+    def submit(self, child: str, header: dict[str, Any], arrays: list[np.ndarray] | None) -> Reply:
+        """Take one update; `accepted_reply` / `rejected_reply` build the answer."""
+
+    def leave(self, child: str) -> None: ...
+
+
+FINISHED = "finished"
+
+
+def encode_task(
+    task_id: str, global_round: int, local_round: int, arrays: Sequence[np.ndarray]
+) -> bytes:
+    header = {"task_id": task_id, "global_round": global_round, "local_round": local_round}
+    return encode_frame(header, arrays)
+
+
+def _json_reply(status: int, payload: dict[str, Any], peer: str | None) -> Reply:
+    return Reply(status, json.dumps(payload).encode(), JSON_TYPE, peer)
+
+
+def accepted_reply(child: str) -> Reply:
+    return _json_reply(200, {"accepted": True}, child)
+
+
+def rejected_reply(child: str, reason: str, stale: bool = False) -> Reply:
+    # 409: the task is no longer open (not the child's fault); 422: the update itself is bad.
+    return _json_reply(409 if stale else 422, {"accepted": False, "reason": reason}, child)
+
+
+def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Reply]]:
+    def join(query: dict[str, str], body: bytes) -> Reply:
+        msg = json.loads(body or b"{}")
+        child = str(msg.get("name", ""))
+        if not child:
+            return _json_reply(400, {"error": "name missing"}, None)
+        agg.join(child, str(msg.get("role", "")))
+        return _json_reply(200, {"name": agg.name}, child)
+
+    def task(query: dict[str, str], body: bytes) -> Reply:
+        child = query.get("name", "")
+        if not child:
+            return _json_reply(400, {"error": "name missing"}, None)
+        result = agg.next_task(child, query.get("after", ""), POLL_HOLD_S)
+        if result is None:
+            return Reply(204, b"", JSON_TYPE, child)
+        if result == FINISHED:
+            return _json_reply(200, {"finished": True}, child)
+        return Reply(200, result, FRAME_TYPE, child)
+
+    def update(query: dict[str, str], body: bytes) -> Reply:
+        try:
+            header, arrays = decode_frame(body)
+        except ValueError as exc:
+            return _json_reply(400, {"accepted": False, "reason": str(exc)}, None)
+        child = str(header.get("name", ""))
+        if not child:
+            return _json_reply(400, {"accepted": False, "reason": "name missing"}, None)
+        return agg.submit(child, header, arrays)
+
+    def leave(query: dict[str, str], body: bytes) -> Reply:
+        child = str(json.loads(body or b"{}").get("name", ""))
+        agg.leave(child)
+        return _json_reply(200, {}, child or None)
+
+    return {
+        ("POST", "/fl/join"): join,
+        ("GET", "/fl/task"): task,
+        ("POST", "/fl/update"): update,
+        ("POST", "/fl/leave"): leave,
+    }
+
+
+# ---------------------------------------------------------------- child side
+class _CountingReader:
+    """Wraps a response's socket file and counts the bytes read through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, *args: Any) -> bytes:
+        data = self.raw.read(*args)
+        self.count += len(data)
+        return data
+
+    def read1(self, *args: Any) -> bytes:
+        data = self.raw.read1(*args)
+        self.count += len(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data = self.raw.readline(*args)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        self.count += n or 0
+        return n
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.raw, attr)
+
+
+class _CountingResponse(http.client.HTTPResponse):
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.counter = _CountingReader(self.fp)
+        self.fp = self.counter
+
+
+class _CountingMixin:
+    response_class = _CountingResponse
+    sent = 0
+
+    def send(self, data: Any) -> None:
+        self.sent += len(data)
+        super().send(data)  # type: ignore[misc]
+
+
+class _Connection(_CountingMixin, http.client.HTTPConnection):
+    pass
+
+
+class _TLSConnection(_CountingMixin, http.client.HTTPSConnection):
+    pass
+
+
+class ParentUnavailable(Exception):
+    """The parent could not be reached or answered with an error."""
+
+
+class ParentLink:
+    """One child's persistent connection to its parent aggregator."""
+
+    def __init__(
+        self, address: tuple[str, int], name: str, role: str, links: LinkCounters, tls_ca: str = ""
+    ) -> None:
+        self.address = address
+        self.name = name
+        self.role = role
+        self.links = links
+        self.peer = f"{address[0]}:{address[1]}"  # until the parent tells us its name
+        self._tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self._conn: _Connection | _TLSConnection | None = None
+        self._lock = threading.Lock()  # guards _conn against abort() from another thread
+
+    def _connection(self, timeout: float) -> _Connection | _TLSConnection:
+        with self._lock:
+            if self._conn is None:
+                host, port = self.address
+                if self._tls is not None:
+                    self._conn = _TLSConnection(host, port, timeout=timeout, context=self._tls)
+                else:
+                    self._conn = _Connection(host, port, timeout=timeout)
+            conn = self._conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def _request(
+        self, method: str, path: str, body: bytes, content_type: str, timeout: float
+    ) -> tuple[int, str, bytes]:
+        conn = self._connection(timeout)
+        sent_before = conn.sent
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ParentUnavailable(f"{self.peer}: {exc or type(exc).__name__}") from None
+        self.links.add(self.peer, conn.sent - sent_before, response.counter.count)
+        return response.status, response.getheader("Content-Type", ""), data
+
+    def _post_json(self, path: str, payload: dict[str, Any], timeout: float = 30.0) -> Any:
+        status, _, data = self._request("POST", path, json.dumps(payload).encode(), JSON_TYPE,
+                                        timeout)
+        if status != 200:
+            raise ParentUnavailable(f"{self.peer}{path}: HTTP {status} {data[:200]!r}")
+        return json.loads(data or b"{}")
+
+    def join(self) -> str:
+        """Register with the parent; returns (and from now on counts bytes under) its name."""
+        parent_name = str(self._post_json("/fl/join", {"name": self.name, "role": self.role})
+                          ["name"])
+        self.peer = parent_name
+        return parent_name
+
+    def poll_task(
+        self, after: str
+    ) -> tuple[dict[str, Any], list[np.ndarray]] | str | None:
+        """Long-poll: (header, arrays) of a new task, FINISHED, or None (nothing yet)."""
+        query = urlencode({"name": self.name, "after": after})
+        status, ctype, data = self._request("GET", f"/fl/task?{query}", b"", JSON_TYPE,
+                                            POLL_HOLD_S + 15.0)
+        if status == 204:
+            return None
+        if status != 200:
+            raise ParentUnavailable(f"{self.peer}/fl/task: HTTP {status} {data[:200]!r}")
+        if ctype == FRAME_TYPE:
+            header, arrays = decode_frame(data)
+            if arrays is None:
+                raise ParentUnavailable(f"{self.peer}: task without a model")
+            return header, arrays
+        return FINISHED if json.loads(data).get("finished") else None
+
+    def send_update(
+        self, header: dict[str, Any], arrays: Sequence[np.ndarray] | None
+    ) -> tuple[bool, str]:
+        """(accepted, reason). The header must carry task_id and num_examples."""
+        frame = encode_frame({**header, "name": self.name}, arrays)
+        status, _, data = self._request("POST", "/fl/update", frame, FRAME_TYPE, 60.0)
+        if status not in (200, 409, 422, 400):
+            raise ParentUnavailable(f"{self.peer}/fl/update: HTTP {status} {data[:200]!r}")
+        reply = json.loads(data or b"{}")
+        return bool(reply.get("accepted")), str(reply.get("reason", ""))
+
+    def leave(self) -> None:
+        self._post_json("/fl/leave", {"name": self.name}, timeout=5.0)
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def abort(self) -> None:
+        """Break a blocked request from another thread (e.g. a long poll on a parent we leave)."""
+        with self._lock:
+            sock = self._conn.sock if self._conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,142 @@
+"""Start and stop real fl_service processes on free loopback ports, and watch their /status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROLE_NAMES = {"ga": "global-aggregator", "la": "local-aggregator", "client": "client"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    def __init__(self, name: str, role: str, port: int, config_path: Path, log_path: Path) -> None:
+        self.name, self.role, self.port = name, role, port
+        self.config_path, self.log_path = config_path, log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return yaml.safe_load(self.config_path.read_text())
+
+    def start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fl_service", ROLE_NAMES[self.role],
+                 "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def request(self, method: str, path: str, payload: dict | None = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(f"http://{self.address}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=5) as response:
+            body = response.read()
+        return json.loads(body) if path != "/metrics" else body.decode()
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/status")
+
+    def results(self) -> list[dict[str, Any]]:
+        path = Path(self.config["state_dir"]) / "results.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Pipeline:
+    """The processes of one test; `close()` kills every one of them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.services: dict[str, Service] = {}
+
+    def add(self, role: str, name: str, start: bool = True, **config: Any) -> Service:
+        port = free_port()
+        cfg = {"name": name, "port": port, "state_dir": str(self.root / name), "threads": 1,
+               **config}
+        config_path = self.root / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(cfg))
+        service = Service(name, role, port, config_path, self.root / f"{name}.log")
+        self.services[name] = service
+        if start:
+            service.start()
+        return service
+
+    def __getitem__(self, name: str) -> Service:
+        return self.services[name]
+
+    def wait_for(
+        self, name: str, condition: Callable[[dict[str, Any]], bool], what: str,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
+        """Poll `name`'s /status until `condition` holds; fail with its log past the deadline."""
+        service = self.services[name]
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] | str = "no answer yet"
+        while time.monotonic() < deadline:
+            if not service.alive():
+                raise AssertionError(f"{name} exited while waiting for {what}:\n"
+                                     f"{service.log_tail()}")
+            try:
+                last = service.status()
+                if condition(last):
+                    return last
+            except OSError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.1)
+        raise AssertionError(f"{name}: no {what} within {timeout}s; last status {last}\n"
+                             f"{service.log_tail()}")
+
+    def close(self) -> None:
+        for service in self.services.values():
+            service.stop()
+        for service in self.services.values():
+            service.kill()
+
+
+def send_signal(service: Service, sig: signal.Signals) -> None:
+    assert service.process is not None
+    service.process.send_signal(sig)
