@@ -1,0 +1,121 @@
+# Copyright: hfl.orchestration developers; Apache-2.0
+"""Communication cost: measured bytes on each link x that link's cost weight, plus change costs.
+
+Unit: one cost unit = 1 MB (10**6 bytes) carried over a link of weight 1. A link is counted once,
+at its child (a client's or an LA's uplink), from the byte counters the transport keeps, so the
+figure is what really crossed the wire, retries and headers included. `hfl_budget` is in the same
+unit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+MB = 1_000_000
+
+
+def link_bytes(counters: dict) -> int:
+    """Bytes both ways on one link, from a {sent_bytes, received_bytes} mapping."""
+    return int(counters.get("sent_bytes", 0)) + int(counters.get("received_bytes", 0))
+
+
+@dataclass
+class Ledger:
+    """Cumulative cost of a pipeline: measured traffic plus booked change costs.
+
+    `observe` takes each service's cumulative /status `links` and books only the growth since the
+    last observation, so a service that restarts (its counters start again at 0) or dies (its
+    last figure stays booked) never makes the total go down or count twice.
+    """
+
+    measured: float = 0.0
+    booked: float = 0.0
+    _last: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.measured + self.booked
+
+    def observe(self, statuses: dict[str, dict], weights: dict[str, dict[str, float]]) -> float:
+        """Book link growth seen in `statuses`; return the cost added."""
+        added = 0.0
+        for child, st in statuses.items():
+            for peer, counters in (st.get("links") or {}).items():
+                w = weights.get(child, {}).get(peer)
+                if w is None:  # not an uplink of `child` (e.g. an LA's link to its client)
+                    continue
+                now = link_bytes(counters)
+                before = self._last.get((child, peer), 0)
+                grown = now - before if now >= before else now
+                self._last[(child, peer)] = now
+                added += grown / MB * w
+        self.measured += added
+        return added
+
+    def book(self, amount: float) -> None:
+        self.booked += amount
+
+
+def round_cost(
+    assignment: dict[str, str],
+    weights: dict[str, dict[str, float]],
+    ga: str,
+    local_rounds: int,
+    exchange_mb: float,
+) -> float:
+    """Expected cost of one global round under `assignment`.
+
+    A client under an LA exchanges the model `local_rounds` times per global round, a client
+    under the GA once, and every LA with at least one client once with the GA. `exchange_mb` is
+    one model down plus one update up, in MB (calibrated from measurement by the orchestrator).
+    """
+    total = 0.0
+    used: set[str] = set()
+    for client, parent in assignment.items():
+        times = 1 if parent == ga else local_rounds
+        total += times * exchange_mb * weights[client][parent]
+        if parent != ga:
+            used.add(parent)
+    for la in used:
+        total += exchange_mb * weights[la][ga]
+    return total
+
+
+def change_cost(
+    before: dict[str, str],
+    after: dict[str, str],
+    weights: dict[str, dict[str, float]],
+    exchange_mb: float,
+    ga: str | None = None,
+) -> float:
+    """Booked price of moving from `before` to `after`.
+
+    Every client that moves or joins receives the current model over its new link once (half an
+    exchange); an LA that starts being used does the same over its link to the GA. Booked when
+    the change is made, because the check must be able to price a revert before making it. The
+    GA never moves (client moves reload, never restart it), so it costs nothing here.
+    """
+    total = 0.0
+    for client, parent in after.items():
+        if before.get(client) != parent:
+            total += exchange_mb / 2 * weights[client][parent]
+    if ga is not None:
+        old_las = {p for p in before.values() if p != ga}
+        for la in {p for p in after.values() if p != ga} - old_las:
+            total += exchange_mb / 2 * weights[la][ga]
+    return total
+
+
+def round_costs_from_results(
+    lines: list[dict], weights: dict[str, dict[str, float]]
+) -> dict[int, float]:
+    """Measured cost per global round from results.jsonl lines (clients' and LAs' uplinks)."""
+    per_round: dict[int, float] = defaultdict(float)
+    for line in lines:
+        child = line.get("service")
+        for peer, counters in (line.get("links") or {}).items():
+            w = weights.get(child, {}).get(peer)
+            if w is not None and line.get("global_round") is not None:
+                per_round[int(line["global_round"])] += link_bytes(counters) / MB * w
+    return dict(sorted(per_round.items()))
