@@ -37,6 +37,14 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 CONTROLLER = "<controller>"
 
 
+# Host variables other than the pipeline's that build() reads (for callers that must copy them).
+SERVICE_VARS = (
+    "hfl_role", "hfl_parent", "hfl_link_cost", "hfl_port", "hfl_bind_host", "hfl_address",
+    "hfl_partition_id", "hfl_resources", "hfl_capacity", "hfl_allow_any_tier",
+    "hfl_host_state_dir", "hfl_threads", "hfl_device", "ansible_host", "ansible_connection",
+)
+
+
 class TopologyError(Exception):
     """The inventory does not describe a valid pipeline; ``errors`` holds one line per mistake."""
 
@@ -153,6 +161,12 @@ _CHOICES = {
     "runtime": RUNTIMES, "dataset": DATASETS, "partitioner": PARTITIONERS,
     "objective": OBJECTIVES, "config_model": CONFIG_MODELS,
 }
+
+
+def inventory_vars():
+    """Every variable build() reads from a host."""
+    pipeline = [("hfl_pipeline" if k == "name" else f"hfl_{k}") for k in Pipeline().__dict__]
+    return tuple(pipeline) + SERVICE_VARS
 
 
 def _is_int(v):

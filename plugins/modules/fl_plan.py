@@ -1,0 +1,78 @@
+#!/usr/bin/python
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+
+# The work is done by the action plugin plugins/action/fl_plan.py on the controller;
+# this file carries its documentation, as Ansible expects for action plugins.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fl_plan
+short_description: Validate the inventory and compute the pipeline's plan
+version_added: 0.1.0
+description:
+  - Reads the hosts of group C(hfl_cluster) from the inventory, builds the topology (every
+    mistake in the inventory is one line of the failure message, naming the host and the
+    variable) and computes the plan, one fl_service spec per service.
+  - Writes the plan to C(<hfl_state_dir>/<pipeline>/plan.json) on the controller only when its
+    content changed, and returns it as the fact C(hfl_plan).
+  - Runs on the controller; use it with C(run_once) so the facts reach every host of the play.
+author:
+  - hfl.orchestration developers
+attributes:
+  check_mode:
+    support: full
+    details: computes the plan and reports whether plan.json would change, writes nothing.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  pipeline:
+    description: With several pipelines in one inventory, the one to plan.
+    type: str
+  assignment_file:
+    description:
+      - A JSON or YAML file on the controller mapping client names to parent names, either at
+        its top level or under the key C(assignment). Overrides the inventory's placement of the
+        clients it names. The orchestrator writes it when it moves clients.
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Validate the inventory and plan the pipeline
+  hfl.orchestration.fl_plan:
+  run_once: true
+
+- name: Re-plan with the orchestrator's assignment
+  hfl.orchestration.fl_plan:
+    assignment_file: "{{ hfl_state_dir }}/demo/assignment.json"
+  run_once: true
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts set for every host of the play.
+  returned: success
+  type: dict
+  contains:
+    hfl_plan:
+      description: The plan (format in docs/architecture.md).
+      type: dict
+    hfl_pipeline_dir:
+      description: The pipeline's folder on the controller (absolute).
+      type: str
+      sample: /home/me/.hfl/demo
+plan_path:
+  description: Where the plan is written.
+  returned: success
+  type: str
+  sample: /home/me/.hfl/demo/plan.json
+errors:
+  description: One line per mistake in the inventory.
+  returned: failure
+  type: list
+  elements: str
+"""
