@@ -8,6 +8,7 @@ these with a `Fleet`, the orchestrator's view of the live topology.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,32 +70,50 @@ def _overflow(fleet: Fleet, client: str) -> str:
     raise PolicyError(f"{client}: no local aggregator with room and no link cost to {fleet.ga}")
 
 
+def _cost_matrix(fleet: Fleet, clients: list[str]) -> np.ndarray:
+    """cost[i, j] of client i under LA j; inf where the inventory gives no such link."""
+    las = fleet.las
+    pick = operator.itemgetter(*las) if len(las) > 1 else (lambda row: (row[las[0]],))
+    rows = []
+    for c in clients:
+        row = fleet.cost.get(c, {})
+        try:  # the usual case, every LA priced: one C-level lookup per client
+            rows.append(pick(row))
+        except KeyError:
+            rows.append([row.get(la, math.inf) for la in las])
+    return np.array(rows, dtype=float).reshape(len(clients), len(las))
+
+
 def min_comm_cost(fleet: Fleet) -> dict[str, str]:
     """Each client under the cheapest LA with room.
 
     Clients are served in order of regret (second-cheapest minus cheapest LA): the client that
     would lose most by missing its best LA picks first, which beats plain input order when
-    capacities bind. O(C * L log L).
+    capacities bind. O(C * L log L), the sorting in numpy.
     """
-    room = _rooms(fleet)
     out = fleet.pinned()
+    room = _rooms(fleet)
     for la in out.values():
         room[la] -= 1
-    ranked: dict[str, list[tuple[float, str]]] = {}
-    regret: dict[str, float] = {}
-    free = [c for c in fleet.clients if c not in out]
-    for c in free:
-        opts = sorted((w, la) for la, w in fleet.cost.get(c, {}).items() if la in room)
-        ranked[c] = opts
-        regret[c] = (opts[1][0] - opts[0][0]) if len(opts) > 1 else math.inf
-    for c in sorted(free, key=lambda c: (-regret[c], c)):
-        la = next((la for _, la in ranked[c] if room[la] > 0), None)
-        if la is None:
-            out[c] = _overflow(fleet, c)
+    room_left = [room[la] for la in fleet.las]
+    free = sorted(c for c in fleet.clients if c not in out)
+    cost = _cost_matrix(fleet, free)
+    ranked = np.argsort(cost, axis=1, kind="stable")
+    best = np.take_along_axis(cost, ranked[:, :2], axis=1)
+    regret = best[:, 1] - best[:, 0] if cost.shape[1] > 1 else np.full(len(free), math.inf)
+    regret = np.nan_to_num(regret, nan=math.inf)  # inf - inf: no usable LA at all
+    for i in sorted(range(len(free)), key=lambda i: (-regret[i], free[i])):
+        j = next((j for j in ranked[i] if room_left[j] > 0 and math.isfinite(cost[i, j])), None)
+        if j is None:
+            out[free[i]] = _overflow(fleet, free[i])
             continue
-        room[la] -= 1
-        out[c] = la
+        room_left[j] -= 1
+        out[free[i]] = fleet.las[j]
     return dict(sorted(out.items()))
+
+
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    return x * np.log(np.maximum(x, 1e-300))  # 0 log 0 = 0
 
 
 def _kl_rows(counts: np.ndarray, log_p: np.ndarray) -> np.ndarray:
@@ -116,6 +135,10 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
     `hfl_capacity`; without capacities at most ceil(1.5 * C / L) per LA, so one LA cannot absorb
     everybody (the KL of one all-client group is trivially 0, and its round would be the slowest).
     A client with no histogram yet counts as globally distributed (it neither helps nor hurts).
+
+    KL per LA is kept incrementally: with n_k its class counts, N their sum,
+    KL = S/N - ln N - T/N, S = sum n_k ln n_k, T = sum n_k ln p_k; a client changes S only in its
+    own classes and T by a constant, so scoring it against every LA touches L x (its classes).
     """
     clients = sorted(fleet.clients)
     if not clients:
@@ -130,30 +153,41 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
     if glob.sum() == 0:
         glob = np.ones(width)
     p = glob / glob.sum()
+    sizes = mat.sum(axis=1)
     for i, c in enumerate(clients):
         if not hist[c]:
-            mat[i] = p * max(1.0, mat.sum(axis=1).mean())
-    with np.errstate(divide="ignore"):
-        log_p = np.where(p > 0, np.log(p), 0.0)
+            mat[i] = p * max(1.0, sizes.mean())
+    sizes = mat.sum(axis=1)
+    log_p = np.log(np.maximum(p, 1e-300))
+    t_client = mat @ log_p
 
     las = list(fleet.las)
     cap = _rooms(fleet)
     if all(math.isinf(v) for v in cap.values()):
         cap = dict.fromkeys(las, math.ceil(1.5 * len(clients) / len(las)))
     room = np.array([cap[la] for la in las], dtype=float)
-    cost = np.array([[fleet.cost.get(c, {}).get(la, math.inf) for la in las] for c in clients])
+    cost = _cost_matrix(fleet, clients)
     counts = np.zeros((len(las), width))
+    xlx = np.zeros((len(las), width))  # n ln n per LA and class
+    n_tot, s_tot, t_tot, kl = (np.zeros(len(las)) for _ in range(4))
     seeded = np.zeros(len(las), dtype=bool)
+
+    def add(i: int, j: int) -> None:
+        counts[j] += mat[i]
+        xlx[j] = _xlogx(counts[j])
+        n_tot[j] += sizes[i]
+        s_tot[j] = xlx[j].sum()
+        t_tot[j] += t_client[i]
+        kl[j] = s_tot[j] / n_tot[j] - math.log(n_tot[j]) - t_tot[j] / n_tot[j]
+        room[j] -= 1
+        seeded[j] = True
+
     out = fleet.pinned()
     index = {c: i for i, c in enumerate(clients)}
     for c, la in out.items():
-        j = las.index(la)
-        counts[j] += mat[index[c]]
-        room[j] -= 1
-        seeded[j] = True
-    kl = _kl_rows(counts, log_p)
+        add(index[c], las.index(la))
     order = sorted((i for i, c in enumerate(clients) if c not in out),
-                   key=lambda i: (-mat[i].sum(), clients[i]))
+                   key=lambda i: (-sizes[i], clients[i]))
     for i in order:
         usable = (room > 0) & np.isfinite(cost[i])
         if not usable.any():
@@ -161,17 +195,15 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
             continue
         if not seeded.all() and (usable & ~seeded).any():
             # Seed phase: one client per empty LA, on its cheapest link.
-            cand = np.where(usable & ~seeded, cost[i], math.inf)
-            j = int(np.argmin(cand))
+            j = int(np.argmin(np.where(usable & ~seeded, cost[i], math.inf)))
         else:
-            new = _kl_rows(counts[usable] + mat[i], log_p)
-            delta = np.full(len(las), math.inf)
-            delta[usable] = np.round(new - kl[usable], 12)
+            sup = np.flatnonzero(mat[i])
+            s_new = s_tot + (_xlogx(counts[:, sup] + mat[i, sup]) - xlx[:, sup]).sum(axis=1)
+            n_new = n_tot + sizes[i]
+            kl_new = (s_new - t_tot - t_client[i]) / n_new - np.log(n_new)
+            delta = np.where(usable, np.round(kl_new - kl, 12), math.inf)
             j = int(np.lexsort((cost[i], delta))[0])
-        counts[j] += mat[i]
-        kl[j] = _kl_rows(counts[j : j + 1], log_p)[0]
-        room[j] -= 1
-        seeded[j] = True
+        add(i, j)
         out[clients[i]] = las[j]
     return dict(sorted(out.items()))
 
