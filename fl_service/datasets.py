@@ -12,7 +12,9 @@ and no client trains on it; clients partition the train split (see `fl_service.p
   Debian's `dataset-fashion-mnist` files (/usr/share/datasets/fashion-mnist/*.gz) are unpacked
   into `<data_dir>/FashionMNIST/raw/` first; otherwise `download` decides.
 - cifar10: torchvision `CIFAR10` under `data_dir` (`download` decides), the official archive
-  layout `cifar-10-batches-py/`.
+  layout `cifar-10-batches-py/`. A local copy in that layout whose files differ from the
+  official archive (torchvision checks md5s) is read too, when `download` is false: see
+  `local_cifar10_class`.
 
 Helpers: `dataset_labels(dataset)` (all labels as a numpy int array, without loading images),
 `class_histogram(dataset)` ({label: count}) and `make_loader(dataset, cfg, shuffle)`.
@@ -21,6 +23,8 @@ Helpers: `dataset_labels(dataset)` (all labels as a numpy int array, without loa
 from __future__ import annotations
 
 import gzip
+import os
+import pickle
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +40,13 @@ DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760
 # A constant, not cfg["seed"]: every role must hold out the very same test images.
 DIGITS_SPLIT_SEED = 20240601
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# The IDX files torchvision's FashionMNIST reads from <root>/FashionMNIST/raw/.
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def load_digits(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
@@ -63,23 +74,24 @@ def data_root(cfg: Mapping[str, Any]) -> Path:
     return Path(cfg["data_dir"]).expanduser()
 
 
-def unpack_debian_fashion_mnist(root: Path, source: Path = DEBIAN_FASHION_MNIST) -> bool:
+def unpack_debian_fashion_mnist(root: Path, source: Path) -> bool:
     """Gunzip Debian's Fashion-MNIST IDX files into torchvision's raw folder under `root`.
 
-    Returns True when the raw folder is ready (it already was, or it was filled from `source`).
+    Returns True when the raw folder holds all four files (it already did, or they were unpacked
+    from `source`), False when neither has them.
     """
     raw = root / "FashionMNIST" / "raw"
-    names = [p.name[: -len(".gz")] for p in sorted(source.glob("*-ubyte.gz"))]
-    if raw.is_dir() and any(raw.iterdir()):
+    missing = [name for name in FASHION_MNIST_FILES if not (raw / name).is_file()]
+    if not missing:
         return True
-    if len(names) != 4:
+    if not all((source / f"{name}.gz").is_file() for name in missing):
         return False
     raw.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        partial = raw / (name + ".partial")
-        with gzip.open(source / (name + ".gz"), "rb") as src, open(partial, "wb") as dst:
+    for name in missing:
+        partial = raw / f"{name}.partial-{os.getpid()}"
+        with gzip.open(source / f"{name}.gz", "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
-        partial.replace(raw / name)  # atomic: a concurrent role never reads half a file
+        partial.replace(raw / name)  # atomic: services sharing data_dir never see half a file
     return True
 
 
@@ -87,14 +99,51 @@ def load_fashion_mnist(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     from torchvision import datasets, transforms
 
     root = data_root(cfg)
-    found_locally = unpack_debian_fashion_mnist(root)
-    download = bool(cfg["download"]) and not found_locally
+    found_locally = unpack_debian_fashion_mnist(root, DEBIAN_FASHION_MNIST)
+    if not found_locally and not cfg["download"]:
+        raise FileNotFoundError(
+            f"fashion_mnist: no Fashion-MNIST under {root / 'FashionMNIST' / 'raw'} nor in "
+            f"{DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist, or download: true)"
+        )
+    download = not found_locally
     to_tensor = transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))]
     )
     train = datasets.FashionMNIST(root, train=True, download=download, transform=to_tensor)
     test = datasets.FashionMNIST(root, train=False, download=download, transform=to_tensor)
     return train, test
+
+
+def local_cifar10_class() -> type:
+    """torchvision's CIFAR10 for a local copy that is not byte-identical to the official archive.
+
+    torchvision checks every file against the md5 of the official archive, so a copy rebuilt
+    elsewhere (another pickling, a subset of the images) is refused as "corrupted". This class
+    reads the same `cifar-10-batches-py/` layout and pickle format with the same code, but only
+    requires the files to exist. Local copies are not the official archive: use it only when
+    the official check has failed and the user has not asked to download.
+    """
+    from torchvision import datasets
+
+    class LocalCIFAR10(datasets.CIFAR10):
+        def _check_integrity(self) -> bool:
+            return cifar10_files_present(Path(self.root))
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+    return LocalCIFAR10
+
+
+def cifar10_files_present(root: Path) -> bool:
+    from torchvision import datasets
+
+    folder = root / datasets.CIFAR10.base_folder
+    names = [name for name, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list]
+    names.append(datasets.CIFAR10.meta["filename"])
+    return all((folder / name).is_file() for name in names)
 
 
 def load_cifar10(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
@@ -108,8 +157,18 @@ def load_cifar10(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
         ]
     )
     download = bool(cfg["download"])
-    train = datasets.CIFAR10(root, train=True, download=download, transform=to_tensor)
-    test = datasets.CIFAR10(root, train=False, download=download, transform=to_tensor)
+    try:
+        train = datasets.CIFAR10(root, train=True, download=download, transform=to_tensor)
+        test = datasets.CIFAR10(root, train=False, download=download, transform=to_tensor)
+    except RuntimeError as official_error:  # torchvision: "Dataset not found or corrupted"
+        if download or not cifar10_files_present(root):
+            raise FileNotFoundError(
+                f"cifar10: no CIFAR-10 (python version) under {root / 'cifar-10-batches-py'}; "
+                "copy it there or set download: true"
+            ) from official_error
+        local = local_cifar10_class()
+        train = local(root, train=True, transform=to_tensor)
+        test = local(root, train=False, transform=to_tensor)
     return train, test
 
 
