@@ -1,0 +1,103 @@
+"""The embedded default end to end: site.yml on the local inventory (process runtime) trains to
+accuracy >= 0.90; re-running changes nothing; a changed setting restarts only the services it
+touches; moving a client reloads it without a restart; reset.yml leaves nothing behind."""
+
+import json
+
+import pytest
+import yaml
+from hfl_helpers import (
+    local_inventory,
+    playbook,
+    processes_mentioning,
+    service_pids,
+    stop_processes_under,
+    write_inventory,
+)
+
+pytestmark = pytest.mark.integration
+AGGREGATORS = {"ga", "la1", "la2"}
+CLIENTS = {"c1", "c2", "c3", "c4"}
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    inventory = local_inventory(tmp)
+    first = playbook("site.yml", inventory)
+    yield tmp, inventory, first
+    playbook("reset.yml", inventory)
+    stop_processes_under(tmp)
+
+
+def ga_results(tmp):
+    lines = (tmp / "controller" / "demo" / "results" / "ga.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_site_trains_to_accuracy_and_collects_results(deployed):
+    tmp, _, first = deployed
+    assert first.rc == 0, first.output[-3000:]
+    rows = ga_results(tmp)
+    assert rows[-1]["global_round"] == 10
+    assert rows[-1]["accuracy"] >= 0.90
+    collected = {p.stem for p in (tmp / "controller" / "demo" / "results").glob("*.jsonl")}
+    assert collected == AGGREGATORS | CLIENTS
+    plan = json.loads((tmp / "controller" / "demo" / "plan.json").read_text())
+    assert plan["assignment"] == {"c1": "la1", "c2": "la1", "c3": "la2", "c4": "la2"}
+
+
+def test_second_run_changes_and_restarts_nothing(deployed):
+    tmp, inventory, _ = deployed
+    before = service_pids(tmp / "hosts")
+    assert set(before) == AGGREGATORS | CLIENTS
+    again = playbook("site.yml", inventory)
+    assert again.rc == 0, again.output[-3000:]
+    assert again.changed == 0, again.output[-3000:]
+    assert service_pids(tmp / "hosts") == before
+
+
+def test_changed_epochs_restart_only_the_clients(deployed):
+    tmp, _, _ = deployed
+    before = service_pids(tmp / "hosts")
+    inventory = local_inventory_same_ports(tmp, lambda tiers, cv: cv.update(hfl_local_epochs=2))
+    run = playbook("place.yml", inventory)
+    assert run.rc == 0, run.output[-3000:]
+    after = service_pids(tmp / "hosts")
+    assert {s for s in before if after.get(s) == before[s]} == AGGREGATORS
+    assert set(after) == AGGREGATORS | CLIENTS
+
+
+def test_moving_a_client_reloads_it_without_restart(deployed):
+    tmp, _, _ = deployed
+
+    def move_c1(tiers, cv):
+        cv.update(hfl_local_epochs=2)
+        tiers["edge"]["c1"]["hfl_link_cost"] = {"la1": 9, "la2": 1}
+
+    before = service_pids(tmp / "hosts")
+    run = playbook("place.yml", local_inventory_same_ports(tmp, move_c1))
+    assert run.rc == 0, run.output[-3000:]
+    assert service_pids(tmp / "hosts") == before
+    config = json.loads((tmp / "hosts" / "demo" / "c1" / "config.yaml").read_text())
+    la2 = json.loads((tmp / "hosts" / "demo" / "la2" / "config.yaml").read_text())
+    assert config["parent"] == f"127.0.0.1:{la2['port']}"
+
+
+def test_reset_removes_every_process_and_folder(deployed):
+    tmp, inventory, _ = deployed
+    run = playbook("reset.yml", inventory)
+    assert run.rc == 0, run.output[-3000:]
+    assert processes_mentioning(str(tmp / "hosts")) == []
+    assert list((tmp / "hosts").iterdir()) == []
+    # The controller keeps the plan and the collected results.
+    assert (tmp / "controller" / "demo" / "results" / "ga.jsonl").exists()
+
+
+def local_inventory_same_ports(tmp, edit):
+    """The deployed inventory with ``edit`` applied (ports kept)."""
+    doc = yaml.safe_load((tmp / "inventory" / "hosts.yml").read_text())["hfl_cluster"]
+    tiers = {t: dict(v["hosts"]) for t, v in doc["children"].items()}
+    cluster_vars = dict(doc["vars"])
+    edit(tiers, cluster_vars)
+    return write_inventory(tmp / "inventory", tiers, cluster_vars)
