@@ -29,6 +29,7 @@ dest=.tmp/sanity/ansible_collections/hfl/orchestration
 rm -rf .tmp/sanity
 mkdir -p "$dest"
 cp -r galaxy.yml meta plugins "$dest/"
+mkdir -p "$dest/tests" && cp -r tests/sanity "$dest/tests/"
 find "$dest" -name __pycache__ -prune -exec rm -rf {} +
 cd "$dest"
 git init -q

@@ -61,10 +61,10 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=dict(
+        args = self.validate_argument_spec(argument_spec=dict(
             pipeline=dict(type="str"),
             assignment_file=dict(type="path"),
-        ))
+        ))[1]
         try:
             hosts, groups = inventory_view(task_vars)
             topo = topology.build(hosts, groups, pipeline=args["pipeline"])

@@ -6,7 +6,7 @@ The folder holds ``config.yaml`` (written by the caller), ``digest`` (what the r
 was started with), ``pid`` and ``service.log``. ``ensure_running`` decides between nothing,
 a reload (SIGHUP: the config changed but not its digest) and a restart (the digest changed or
 the process is gone); ``ensure_absent`` stops the process and removes the folder.
-Standard library only: it runs on every target host.
+Standard library and ansible.module_utils only: it runs on every target host.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
 
@@ -34,6 +34,16 @@ def _read(path):
             return f.read()
     except FileNotFoundError:
         return None
+
+
+def config_text(config, path_keys=("state_dir", "data_dir")):
+    """The config file's text; JSON is YAML, so no YAML library is needed on the target. A
+    leading ~ in path-valued keys is the target user's home, known only here."""
+    config = dict(config)
+    for key in path_keys:
+        if isinstance(config.get(key), str):
+            config[key] = os.path.expanduser(config[key])
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def _write(path, text):
@@ -101,12 +111,9 @@ def wait_ready(folder, proc, url, timeout):
     while True:
         if proc.poll() is not None:
             raise ServiceError(f"exited with status {proc.returncode}:\n{log_tail(folder)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return json.loads(r.read() or b"{}")
-        except (OSError, urllib.error.URLError, ValueError):
-            pass
+        with contextlib.suppress(OSError, ValueError), open_url(url, timeout=2) as r:
+            if r.status == 200:
+                return json.loads(r.read() or b"{}")
         if time.monotonic() > deadline:
             raise ServiceError(f"not answering {url} after {timeout:.0f} s:\n{log_tail(folder)}")
         time.sleep(0.25)

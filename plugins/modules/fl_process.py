@@ -19,13 +19,17 @@ description:
     a restart. Otherwise nothing happens.
   - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
 author:
-  - hfl.orchestration developers
+  - hfl.orchestration developers (@hfl)
 attributes:
   check_mode:
+    description: Can run in check_mode and predict changed without changing the target.
     support: full
   diff_mode:
+    description: Would show what changed in diff mode.
     support: none
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: posix
 options:
   name:
@@ -55,7 +59,7 @@ options:
     type: str
   python:
     description: Python interpreter that has fl_service installed.
-    type: str
+    type: path
     default: python3
   environment:
     description: Extra environment variables for the process.
@@ -137,7 +141,6 @@ log_path:
 """
 
 # Ansible's layout puts the documentation strings above the imports.
-import json  # noqa: E402
 import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -150,16 +153,6 @@ COMMANDS = {
     "local_aggregator": "local-aggregator",
     "client": "client",
 }
-PATH_KEYS = ("state_dir", "data_dir")
-
-
-def _config_text(config):
-    """JSON is YAML: no YAML library is needed on the target."""
-    config = dict(config)
-    for key in PATH_KEYS:
-        if isinstance(config.get(key), str):
-            config[key] = os.path.expanduser(config[key])
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def _ready_url(config):
@@ -180,7 +173,7 @@ def run_module():
             role=dict(type="str", choices=list(COMMANDS)),
             config=dict(type="dict"),
             digest=dict(type="str"),
-            python=dict(type="str", default="python3"),
+            python=dict(type="path", default="python3"),
             environment=dict(type="dict", default={}),
             wait_timeout=dict(type="int", default=120),
             state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -200,9 +193,9 @@ def run_module():
 
     if "port" not in p["config"]:
         module.fail_json(msg=f"{p['name']}: config has no port", **result)
-    config_text = _config_text(p["config"])
+    config_text = svc.config_text(p["config"])
     config_path = result["config_path"]
-    argv = [os.path.expanduser(p["python"]), "-m", "fl_service", COMMANDS[p["role"]],
+    argv = [p["python"], "-m", "fl_service", COMMANDS[p["role"]],
             "--config", config_path]
     env = {str(k): str(v) for k, v in p["environment"].items()}
     env.setdefault("PYTHONUNBUFFERED", "1")

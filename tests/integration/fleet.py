@@ -136,20 +136,19 @@ class Fleet:
         self._namespaces = []
 
     # -- use -------------------------------------------------------------------------------
-    def env(self):
-        """Environment for Ansible in the controller namespace."""
-        return dict(os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.workdir / "cp"),
-                    ANSIBLE_HOST_KEY_CHECKING="False")
-
-    def run(self, argv, **kwargs):
-        """Run argv in the controller namespace."""
-        kwargs.setdefault("env", self.env())
-        return subprocess.run(["ip", "netns", "exec", self.controller.netns, *argv], **kwargs)
+    def run(self, argv, env=None, **kwargs):
+        """Run argv in the controller namespace (subprocess.run's arguments), with Ansible's
+        SSH control sockets in this fleet's folder."""
+        env = dict(env or os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.workdir / "cp"))
+        return subprocess.run(["ip", "netns", "exec", self.controller.netns, *argv], env=env,
+                              **kwargs)
 
     def connection_vars(self, host):
         return {
             "ansible_host": host.address,
             "ansible_user": "root",
+            # Debian's python3: interpreter discovery over SSH may find shims of other tools.
+            "ansible_python_interpreter": "/usr/bin/python3",
             "ansible_ssh_private_key_file": str(self.key),
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
                                        "-o UserKnownHostsFile=/dev/null",
