@@ -1,0 +1,34 @@
+# The two commands of the README. Both set everything up first (scripts/setup.sh is idempotent).
+SHELL := /bin/bash
+VENV := .venv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# The machine may be shared: one torch/BLAS thread per process.
+export OMP_NUM_THREADS := 1
+DEMO_INVENTORY ?= inventories/local
+
+.PHONY: setup demo test lint sanity unit integration
+
+setup:
+	scripts/setup.sh
+
+# Trains the embedded default (1 GA, 2 LAs, 4 clients on this machine) and prints one JSON line.
+demo: setup
+	ansible-playbook -i $(DEMO_INVENTORY) playbooks/site.yml
+	python scripts/demo_summary.py -i $(DEMO_INVENTORY)
+
+lint:
+	ruff check .
+	ansible-lint
+
+sanity:
+	scripts/sanity.sh
+
+unit:
+	pytest -q tests/unit
+
+integration:
+	pytest -q tests/integration
+
+test: setup lint sanity
+	pytest -q tests
