@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # the task loader and device picker name the key first
         print(f"fl_service: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
     if hasattr(service, "parent"):
         # SIGHUP re-reads the config; the reload runs off the signal handler's stack.
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(

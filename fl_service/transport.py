@@ -264,9 +264,10 @@ class ParentLink:
             conn.sock.settimeout(timeout)
         return conn
 
-    def _request(
+    def _exchange(
         self, method: str, path: str, body: bytes, content_type: str, timeout: float
-    ) -> tuple[int, str, bytes]:
+    ) -> tuple[int, str, bytes, int, int]:
+        """One request/response: (status, content type, body, bytes sent, bytes received)."""
         conn = self._connection(timeout)
         sent_before = conn.sent
         try:
@@ -276,8 +277,16 @@ class ParentLink:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ParentUnavailable(f"{self.peer}: {exc or type(exc).__name__}") from None
-        self.links.add(self.peer, conn.sent - sent_before, response.counter.count)
-        return response.status, response.getheader("Content-Type", ""), data
+        content_type = response.getheader("Content-Type", "")
+        return response.status, content_type, data, conn.sent - sent_before, response.counter.count
+
+    def _request(
+        self, method: str, path: str, body: bytes, content_type: str, timeout: float
+    ) -> tuple[int, str, bytes]:
+        status, ctype, data, sent, received = self._exchange(method, path, body, content_type,
+                                                             timeout)
+        self.links.add(self.peer, sent, received)
+        return status, ctype, data
 
     def _post_json(self, path: str, payload: dict[str, Any], timeout: float = 30.0) -> Any:
         status, _, data = self._request("POST", path, json.dumps(payload).encode(), JSON_TYPE,
@@ -288,10 +297,14 @@ class ParentLink:
 
     def join(self) -> str:
         """Register with the parent; returns (and from now on counts bytes under) its name."""
-        parent_name = str(self._post_json("/fl/join", {"name": self.name, "role": self.role})
-                          ["name"])
-        self.peer = parent_name
-        return parent_name
+        body = json.dumps({"name": self.name, "role": self.role}).encode()
+        status, _, data, sent, received = self._exchange("POST", "/fl/join", body, JSON_TYPE,
+                                                         30.0)
+        if status != 200:
+            raise ParentUnavailable(f"{self.peer}/fl/join: HTTP {status} {data[:200]!r}")
+        self.peer = str(json.loads(data)["name"])
+        self.links.add(self.peer, sent, received)
+        return self.peer
 
     def poll_task(
         self, after: str

@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+import torch
+
 from fl_service.datasets import class_histogram, make_loader
 from fl_service.device import pick_device
 from fl_service.partition import client_partition
@@ -19,9 +21,10 @@ log = logging.getLogger("fl_service.client")
 
 class Client(Service):
     def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+        # Task and device first: a bad `task` or `device` stops us before anything is written.
         self.task = load_task(cfg)
         self.device = pick_device(cfg)
+        super().__init__(cfg)
         self.parent = ParentSide(cfg, self.state, self.links)
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +36,9 @@ class Client(Service):
         partition = client_partition(self.cfg, train_set)
         histogram = {str(k): v for k, v in class_histogram(partition).items()}
         loader = make_loader(partition, self.cfg, shuffle=True)
+        # torch imports its compiler stack on the first optimizer; pay that before joining, so
+        # the first round's training time is not seconds of imports that hit round timeouts.
+        torch.optim.SGD(model.parameters(), lr=0.0)
         self.state.set(state="waiting", num_examples=len(partition), histogram=histogram)
         after = ""
         while True:

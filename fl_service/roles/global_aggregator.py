@@ -19,9 +19,10 @@ log = logging.getLogger("fl_service.ga")
 
 class GlobalAggregator(Service):
     def __init__(self, cfg: dict[str, Any]) -> None:
-        super().__init__(cfg)
+        # Task and device first: a bad `task` or `device` stops us before anything is written.
         self.task = load_task(cfg)
         self.device = pick_device(cfg)
+        super().__init__(cfg)
         self.coordinator = RoundCoordinator(cfg["name"], self.state)
 
     def routes(self):  # noqa: ANN201

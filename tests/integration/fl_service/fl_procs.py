@@ -110,7 +110,7 @@ class Pipeline:
 
     def wait_for(
         self, name: str, condition: Callable[[dict[str, Any]], bool], what: str,
-        timeout: float = 120.0,
+        timeout: float = 180.0,
     ) -> dict[str, Any]:
         """Poll `name`'s /status until `condition` holds; fail with its log past the deadline."""
         service = self.services[name]
