@@ -93,7 +93,7 @@ def fedavg(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarr
     if not updates:
         raise ValueError("fedavg: no updates")
     total = sum(n for _, n in updates)
-    weights = [n / total for _, n in updates]
+    weights = [float(n) / total for _, n in updates]  # Python floats: never upcast to float64
     first = updates[0][0]
     sums = []
     for t, ref in enumerate(first):

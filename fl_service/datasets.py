@@ -8,9 +8,9 @@ and no client trains on it; clients partition the train split (see `fl_service.p
 - digits: scikit-learn's `load_digits` (ships inside the wheel, offline), 1x8x8 float images
   standardised (pixels / 16, minus mean, over std), a stratified 20% test split drawn with a
   constant seed.
-- fashion_mnist: torchvision `FashionMNIST` under `data_dir`. When its raw folder is missing,
-  Debian's `dataset-fashion-mnist` files (/usr/share/datasets/fashion-mnist/*.gz) are unpacked
-  into `<data_dir>/FashionMNIST/raw/` first; otherwise `download` decides.
+- fashion_mnist: torchvision `FashionMNIST` under `data_dir`. IDX files missing from
+  `<data_dir>/FashionMNIST/raw/` are unpacked there from Debian's `dataset-fashion-mnist`
+  (/usr/share/datasets/fashion-mnist/*.gz) when it is installed; else `download` decides.
 - cifar10: torchvision `CIFAR10` under `data_dir` (`download` decides), the official archive
   layout `cifar-10-batches-py/`. A local copy in that layout whose files differ from the
   official archive (torchvision checks md5s) is read too, when `download` is false: see
