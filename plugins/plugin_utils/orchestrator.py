@@ -78,11 +78,24 @@ def fleet_of(topology) -> policies.Fleet:
         pins={c.name: c.parent for c in topology.clients if c.parent})
 
 
+def histogram_list(hist: dict | list) -> list[int]:
+    """A /status histogram ({"label": count}) as counts indexed by label."""
+    if isinstance(hist, list):
+        return [int(v) for v in hist]
+    width = 1 + max(int(k) for k in hist)
+    out = [0] * width
+    for k, v in hist.items():
+        out[int(k)] = int(v)
+    return out
+
+
 def completed_round(ga_status: dict | None) -> int:
-    """Global rounds the GA has completed (its /status `global_round` counts completed rounds)."""
+    """Global rounds the GA has completed: /status `global_round` is the round in progress,
+    or the last one once the pipeline has finished."""
     if not ga_status or not ga_status.get("reachable", True):
         return 0
-    return int(ga_status.get("global_round") or 0)
+    rnd = int(ga_status.get("global_round") or 0)
+    return rnd if ga_status.get("state") == "finished" else max(0, rnd - 1)
 
 
 @dataclass
@@ -170,8 +183,8 @@ class Orchestrator:
 
     def live_fleet(self) -> policies.Fleet:
         f = self._fleet
-        hist = {c: st.get("histogram") for c, st in self._statuses.items()
-                if st.get("histogram")}
+        hist = {c: histogram_list(st["histogram"]) for c, st in self._statuses.items()
+                if st.get("histogram") and c in f.clients}
         return policies.Fleet(
             ga=f.ga, las=[la for la in f.las if la not in self.failed],
             clients=[c for c in f.clients if c not in self.excluded and c not in self.failed],
@@ -225,6 +238,12 @@ class Orchestrator:
         except policies.PolicyError as e:
             self.event("; ".join(triggers), "none", f"no valid plan: {e}", rnd)
             return
+        if stalled and after in self.history:
+            # A stall is an experiment: one that was run (kept or reverted) is not run again,
+            # which is also what keeps stalls from alternating two plans forever.
+            self.event("; ".join(triggers), "none", f"{model}'s plan was tried before; "
+                       "not again", rnd)
+            return
         if after == self.assignment and not ga_failed:
             self.event("; ".join(triggers), "none", "the configuration model keeps the plan", rnd)
             return
@@ -273,7 +292,7 @@ class Orchestrator:
                 change_round=rnd, before=before, after=dict(after), cost_before=unit_old * xb,
                 cost_after=unit_new * xb,
                 revert_cost=cost.change_cost(after, before, f.cost, xb, f.ga),
-                window=self.settings.window, reason=trigger)
+                window=self.settings.window, reason=trigger, speculative=speculative)
         why = reason or (f"{model}: {self._diff(before, after)}"
                          + ("; verify after " f"{self.settings.window} global rounds"
                             if self.pending and self.pending.after == after else ""))

@@ -3,7 +3,8 @@
 
 After Cilic et al. 2025 (the reference's RVA), with its flaws fixed:
 - the revert's change cost is booked by the caller (the verdict carries it);
-- speculative changes (a stall's alternative grouping) are checked even when not costlier;
+- speculative changes (a stall's alternative grouping) are checked even when not costlier, and
+  kept only if they forecast better by more than the noise;
 - the forecast anchors both options at the current fitted accuracy (below) instead of
   extrapolating two unrelated curves, and a revert must win by more than the fit's noise;
 - a budget that runs out inside the window is handled: the check runs early if it can, and a
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MIN_MARGIN = 0.001
+
 
 @dataclass
 class Pending:
@@ -39,7 +42,7 @@ class Pending:
     revert_cost: float  # change cost a revert would book
     window: int = 5
     reason: str = ""
-    extra: dict = field(default_factory=dict)
+    speculative: bool = False  # a stall's experiment: it must prove itself, or it is reverted
 
 
 @dataclass
@@ -116,8 +119,9 @@ def evaluate(
         end = now + rounds if max_round is None else min(now + rounds, max_round)
         return min(1.0, max(0.0, level + b * (math.log(end + 1) - math.log(now + 1))))
 
-    # Too few points cannot separate a real difference from noise: revert must win by more.
-    margin = sd_new / math.sqrt(len(post))
+    # Too few points cannot separate a real difference from noise: revert must win by more
+    # (at least 0.1 accuracy points, below which no test set of ours can tell two models apart).
+    margin = max(MIN_MARGIN, sd_new / math.sqrt(len(post)))
     if objective == "min_cost" and target_accuracy is not None:
         keep = _cost_to_target(level, b_new, now, target_accuracy, p.cost_after)
         rev = p.revert_cost + _cost_to_target(level, b_old, now, target_accuracy, p.cost_before)
@@ -141,6 +145,9 @@ def evaluate(
     if rev > keep + margin:
         return Verdict("revert", f"forecast final accuracy: revert {rev:.4f} > keep {keep:.4f} "
                        f"(+{margin:.4f} noise margin)", fc)
+    if p.speculative and keep <= rev + margin:
+        return Verdict("revert", f"speculative change not better: keep {keep:.4f}, revert "
+                       f"{rev:.4f} (+{margin:.4f} noise margin)", fc)
     return Verdict("keep", f"forecast final accuracy: keep {keep:.4f}, revert {rev:.4f}", fc)
 
 

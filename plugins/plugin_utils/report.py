@@ -18,6 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # headless: the controller may have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import cost  # noqa: E402
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (  # noqa: E402
+    histogram_list,
+)
 
 CHANGES = ("apply", "revert")
 
@@ -52,8 +55,9 @@ def _mark_changes(ax, changes: list[dict]) -> None:
 
 
 def _ga_lines(results: dict[str, list[dict]]) -> list[dict]:
+    # fl_service writes "global-aggregator"; the plan says "global_aggregator".
     return [line for lines in results.values() for line in lines
-            if line.get("role") == "global_aggregator"]
+            if str(line.get("role")).replace("-", "_") == "global_aggregator"]
 
 
 def _ga_series(results: dict[str, list[dict]]) -> list[dict]:
@@ -134,8 +138,9 @@ def client_histograms(results: dict[str, list[dict]]) -> dict[str, list[int]]:
     out = {}
     for name, lines in sorted(results.items()):
         for line in reversed(lines):
-            if line.get("histogram"):
-                out[name] = line["histogram"]
+            h = line.get("histogram")
+            if h and str(line.get("role")) == "client":
+                out[name] = histogram_list(h)
                 break
     return out
 

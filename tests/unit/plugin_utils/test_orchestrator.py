@@ -20,8 +20,10 @@ MB = 1_000_000
 class World:
     """1 GA, 2 LAs, clients c1..c8; the reference experiment's link costs; 1 MB model."""
 
-    def __init__(self, clients=8, global_rounds=40, acc=None, capacity=None, cost=None):
+    def __init__(self, clients=8, global_rounds=40, acc=None, capacity=None, cost=None,
+                 skewed=False):
         self.capacity = capacity or {}
+        self.skewed = skewed  # odd clients (near la1) hold classes 0-1, even ones 2-3
         self.cost = cost or {}
         self.inventory = [f"c{i}" for i in range(1, clients + 1)]
         self.rounds = global_rounds
@@ -66,8 +68,13 @@ class World:
             links = {p: {"sent_bytes": b // 2, "received_bytes": b // 2}
                      for (c, p), b in self.counters.items() if c == n}
             out[n] = {"reachable": True, "links": links}
+            if self.skewed and n.startswith("c"):
+                a = 0 if int(n[1:]) % 2 else 2
+                out[n]["histogram"] = {str(a): 50, str(a + 1): 50}
         finished = self.round >= min(self.last, self.rounds)
-        out["ga"].update(global_round=self.round, state="finished" if finished else "training",
+        # Like the GA: global_round is the round in progress until the pipeline has finished.
+        out["ga"].update(global_round=self.round if finished else self.round + 1,
+                         state="finished" if finished else "training",
                          last_metrics={"accuracy": self.acc(self.round, self.assignment),
                                        "loss": 1.0})
         return out
@@ -240,16 +247,31 @@ def test_check_mode_previews_without_applying():
     assert w.applied == [] and w.events[-1]["action"] == "preview"
 
 
-def test_stall_tries_the_other_grouping_and_verifies_it():
-    w = World(global_rounds=60, acc=lambda r, a: 0.5)
+def test_stall_tries_the_other_grouping_once_and_reverts_it_when_no_better():
+    w = World(global_rounds=60, acc=lambda r, a: 0.5, skewed=True)
     o = start(w, stall_window=3, window=3)
-    for _ in range(6):
+    for _ in range(20):
         o.iteration += 1
         rnd = o.observe()
         o.verify(rnd)
         o.decide(rnd)
-    stall = [e for e in w.events if e["trigger"].startswith("stall")]
-    assert stall and stall[0]["model"] in ("min_kld", "min_comm_cost")
+    tried = [e for e in w.events if e["trigger"].startswith("stall") and e["action"] == "apply"]
+    assert len(tried) == 1 and tried[0]["model"] == "min_kld"
+    revert = [e for e in w.events if e["action"] == "revert"]
+    assert len(revert) == 1 and "speculative change not better" in revert[0]["reason"]
+    assert o.assignment == policies.assign("min_comm_cost", w.fleet())
+    again = [e for e in w.events if "tried before" in e["reason"]]
+    assert again and o.stop_reason is None  # no oscillation: the loop keeps watching
+
+
+def test_status_histograms_feed_min_kld():
+    w = World(global_rounds=10)
+    o = start(w, model="min_kld")
+    o.observe()
+    o._statuses["c1"]["histogram"] = {"0": 5, "3": 7}
+    fleet = o.live_fleet()
+    assert fleet.histograms["c1"] == [5, 0, 0, 7]
+    assert set(policies.assign("min_kld", fleet)) == set(w.inventory)
 
 
 def test_fleet_of_topology_reads_costs_capacity_and_pins():

@@ -1,0 +1,230 @@
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+"""Action plugin behind hfl.orchestration.orchestrate (docs: plugins/modules/orchestrate.py).
+
+Wiring only: the loop, the policies, the cost model and the check live in plugin_utils
+(orchestrator.py and friends). Here are the Ansible ends of its hooks: the inventory file
+re-read every iteration, fl_status executed on the task's host, placement re-run through
+ansible-runner, the GA told its last round, events appended to events.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ansible import constants as C
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.action import ActionBase
+from ansible.template import Templar
+from ansible.utils.display import Display
+from ansible.utils.vars import load_extra_vars
+from ansible.vars.manager import VariableManager
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (
+    Hooks,
+    Orchestrator,
+    Settings,
+    fleet_of,
+)
+
+display = Display()
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+
+SPEC = dict(
+    pipeline=dict(type="str"),
+    inventory=dict(type="list", elements="path"),
+    state_dir=dict(type="path"),
+    config_model=dict(type="str", choices=["min_comm_cost", "min_kld", "flat"]),
+    verify=dict(type="bool", default=True),
+    window=dict(type="int", default=5),
+    stall_window=dict(type="int", default=5),
+    poll_s=dict(type="float", default=2.0),
+    max_iterations=dict(type="int", default=100_000),
+    max_wall_s=dict(type="float", default=3600.0),
+    status_timeout=dict(type="float", default=3.0),
+)
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def read_inventory(sources, extra_vars, pipeline):
+    """The inventory as it is on disk now: the Topology of `pipeline` (TopologyError if bad)."""
+    loader = DataLoader()
+    inv = InventoryManager(loader=loader, sources=sources)
+    vm = VariableManager(loader=loader, inventory=inv)
+    groups = {g: list(h) for g, h in inv.get_groups_dict().items()}
+    wanted = topology.inventory_vars()
+    hosts = {}
+    for name in groups.get(topology.CLUSTER_GROUP, []):
+        hv = {**vm.get_vars(host=inv.get_host(name), include_hostvars=False), **extra_vars}
+        templar = Templar(loader=loader, variables=hv)
+        hosts[name] = {k: _plain(templar.template(hv[k])) for k in wanted if k in hv}
+        if "ansible_connection" in hv:
+            hosts[name]["ansible_connection"] = str(hv["ansible_connection"])
+    return topology.build(hosts, groups, pipeline=pipeline)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(argument_spec=SPEC)
+        self._vars = task_vars
+        self._args = args
+        self._sources = args["inventory"] or list(task_vars.get("ansible_inventory_sources", []))
+        self._extra = dict(load_extra_vars(DataLoader()))
+        self._place_extra = {}
+        self._stopped = set()  # left-out hosts already stopped
+        try:
+            self._topo = read_inventory(self._sources, self._extra, args["pipeline"])
+        except topology.TopologyError as e:
+            return dict(result, failed=True, msg="the inventory is not a valid pipeline:\n"
+                        + "\n".join(e.errors))
+        p = self._topo.pipeline
+        state_root = args["state_dir"] or self._extra.get("hfl_state_dir") or p.state_dir
+        self._dir = Path(os.path.expanduser(state_root)) / p.name
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._events = []
+        settings = Settings(
+            model=args["config_model"] or p.config_model, objective=p.objective,
+            budget=p.budget, target_accuracy=p.target_accuracy, global_rounds=p.global_rounds,
+            local_rounds=p.local_rounds, verify=args["verify"], window=args["window"],
+            stall_window=args["stall_window"], poll_s=args["poll_s"],
+            max_iterations=args["max_iterations"], max_wall_s=args["max_wall_s"])
+        hooks = Hooks(read_fleet=self._read_fleet, observe=self._observe, apply=self._apply,
+                      set_last_round=self._set_last_round, emit=self._emit)
+        orch = Orchestrator(settings=settings, hooks=hooks, assignment=self._running())
+        if self._task.check_mode:
+            preview = orch.preview()
+            display.display(f"orchestrate (check mode) would apply: {preview['assignment']}")
+            return dict(result, changed=preview["changed"], assignment=preview["assignment"],
+                        events=self._events)
+        summary = orch.run()
+        failed = (summary["stop_reason"] or "").startswith("placement failed")
+        if summary["stop_reason"].startswith("oscillation"):
+            result.setdefault("warnings", []).append(summary["stop_reason"])
+        return dict(result, changed=summary["reconfigurations"] > 0, failed=failed,
+                    msg=summary["stop_reason"], events_path=str(self._dir / "events.jsonl"),
+                    **summary)
+
+    # --- hooks -----------------------------------------------------------------------------
+
+    def _running(self):
+        """The assignment placed now: plan.json from the last placement, else the default."""
+        try:
+            return json.loads((self._dir / "plan.json").read_text())["assignment"]
+        except (OSError, ValueError, KeyError):
+            return plan.default_assignment(self._topo)
+
+    def _read_fleet(self):
+        try:
+            self._topo = read_inventory(self._sources, self._extra, self._args["pipeline"])
+        except topology.TopologyError as e:
+            # Mid-edit or broken: keep the last good inventory and say so once per iteration.
+            display.warning("orchestrate: inventory invalid, keeping the last good one: "
+                            + "; ".join(e.errors))
+        return fleet_of(self._topo)
+
+    def _url(self, name, path):
+        s = self._topo.service(name)
+        return f"http://{s.address}:{s.port}{path}"
+
+    def _observe(self, names):
+        known = {s.name for s in self._topo.services}
+        services = [{"name": n, "url": self._url(n, "/status")} for n in names if n in known]
+        out = self._execute_module(
+            module_name="hfl.orchestration.fl_status",
+            module_args=dict(services=services, timeout=self._args["status_timeout"]),
+            task_vars=self._vars)
+        if out.get("failed"):
+            raise RuntimeError(f"fl_status failed: {out.get('msg')}")
+        statuses = out["statuses"]
+        for n in names:  # a service that left the inventory is not there to ask
+            statuses.setdefault(n, {"reachable": False, "error": "not in the inventory"})
+        return statuses
+
+    def _runner(self, playbook, extravars, limit):
+        import ansible_runner  # only needed when something is placed
+
+        (self._dir / "runner").mkdir(exist_ok=True)
+        env = {
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(C.COLLECTIONS_PATHS),
+        }
+        if C.CONFIG_FILE:
+            env["ANSIBLE_CONFIG"] = C.CONFIG_FILE
+        r = ansible_runner.run(
+            private_data_dir=str(self._dir / "runner"), playbook=str(PLAYBOOKS / playbook),
+            inventory=self._sources, extravars={**self._extra, **extravars}, limit=limit,
+            envvars=env, quiet=True, rotate_artifacts=5)
+        if r.rc != 0:
+            raise RuntimeError(f"{playbook} exited {r.rc} ({r.status}); output in "
+                               f"{r.config.artifact_dir}/stdout")
+
+    def _apply(self, assignment, left_out):
+        ga = self._topo.ga.name
+        clients = {c.name for c in self._topo.clients}
+        # Left-out clients stay in the plan's services (never placed: limited away) under the
+        # GA, which has no capacity to break.
+        full = {**assignment, **{c: ga for c in left_out if c in clients}}
+        path = self._dir / "assignment.json"
+        fd, tmp = tempfile.mkstemp(dir=self._dir)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"assignment": full, "left_out": left_out}, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        extravars = {"hfl_assignment_file": str(path), "hfl_state_dir": str(self._dir.parent),
+                     **self._place_extra}
+        self._runner("place.yml", extravars,
+                     ":".join([topology.CLUSTER_GROUP, *(f"!{h}" for h in left_out)]))
+        gone = sorted(set(left_out) - self._stopped)
+        if gone:  # collect what they wrote, then stop them for good
+            try:
+                self._runner("leave_out.yml", extravars, ",".join(gone))
+            except RuntimeError as e:  # a dead host cannot be reached: it is stopped anyway
+                display.warning(f"orchestrate: stopping {', '.join(gone)}: {e}")
+            self._stopped |= set(gone)
+        self._stopped &= set(left_out)
+
+    def _set_last_round(self, n):
+        out = self._execute_module(
+            module_name="ansible.builtin.uri",
+            module_args=dict(url=self._url(self._topo.ga.name, "/control"), method="POST",
+                             body_format="json", body={"global_rounds": n}, timeout=10),
+            task_vars=self._vars)
+        if not out.get("failed"):
+            return
+        # A GA without the control message: re-place it with the new round count; it restarts
+        # from its checkpoint (the round in progress is run again).
+        display.warning(f"orchestrate: GA /control global_rounds failed ({out.get('msg')}); "
+                        "re-placing it with the new round count")
+        self._place_extra["hfl_global_rounds"] = n
+        self._apply(self._orch_assignment(), self._left_out())
+
+    def _orch_assignment(self):
+        return json.loads((self._dir / "plan.json").read_text())["assignment"]
+
+    def _left_out(self):
+        try:
+            return json.loads((self._dir / "assignment.json").read_text())["left_out"]
+        except (OSError, ValueError, KeyError):
+            return []
+
+    def _emit(self, event):
+        event = {"ts": time.time(), **event}
+        self._events.append(event)
+        if self._task.check_mode:
+            return
+        with open(self._dir / "events.jsonl", "a") as f:
+            f.write(json.dumps(event, default=str) + "\n")
+        display.v(f"orchestrate: {event['trigger']}: {event['action']}: {event['reason']}")

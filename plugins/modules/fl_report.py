@@ -1,0 +1,65 @@
+#!/usr/bin/python
+# Copyright: hfl.orchestration developers
+# Apache License 2.0
+
+# The work is done by the action plugin plugins/action/fl_report.py on the controller;
+# this file carries its documentation, as Ansible expects for action plugins.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fl_report
+short_description: Write the self-contained HTML report of a pipeline run
+version_added: 0.1.0
+description:
+  - Reads C(<pipeline_dir>/results/*.jsonl) (gathered by role C(hfl.orchestration.fl_metrics))
+    and C(<pipeline_dir>/events.jsonl) (written by M(hfl.orchestration.orchestrate)) on the
+    controller and writes one HTML file with its plots embedded as PNG images, viewable offline.
+  - Accuracy and loss per global round and cumulative cost against C(hfl_budget), with
+    reconfigurations marked; the topology before and after each change; per-client class
+    histograms; the orchestrator's events.
+  - Runs on the controller; use it with C(run_once).
+author:
+  - hfl.orchestration developers
+attributes:
+  check_mode:
+    support: full
+    details: reports whether the file would change; writes nothing.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+options:
+  pipeline:
+    description: With several pipelines in one inventory, the one to report.
+    type: str
+  pipeline_dir:
+    description: The pipeline's state folder; default C(<hfl_state_dir>/<pipeline>).
+    type: path
+  dest:
+    description: The HTML file; default C(<pipeline_dir>/report.html).
+    type: path
+"""
+
+EXAMPLES = r"""
+- name: Write the report
+  hfl.orchestration.fl_report:
+  run_once: true
+"""
+
+RETURN = r"""
+path:
+  description: The HTML file.
+  returned: success
+  type: str
+  sample: /home/user/.hfl/demo/report.html
+services:
+  description: Services whose results were found.
+  returned: success
+  type: int
+events:
+  description: Orchestrator events found.
+  returned: success
+  type: int
+"""
