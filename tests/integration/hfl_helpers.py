@@ -40,16 +40,16 @@ def write_inventory(folder, tiers, cluster_vars):
     return folder
 
 
-def local_inventory(tmp_path, edit=None):
-    """inventories/local with free ports, state folders under tmp_path and the project venv.
-    ``edit(tiers, cluster_vars)`` may change it before it is written."""
-    src = ROOT / "inventories" / "local"
+def local_inventory(tmp_path, edit=None, source=None):
+    """inventories/local (or ``source``) with free ports, state folders under tmp_path and the
+    project venv. ``edit(tiers, cluster_vars)`` may change it before it is written."""
+    src = source or ROOT / "inventories" / "local"
     tiers = {t: dict(h["hosts"]) for t, h in
              yaml.safe_load((src / "hosts.yml").read_text())["hfl_cluster"]["children"].items()}
     cluster_vars = yaml.safe_load((src / "group_vars" / "hfl_cluster.yml").read_text())
-    hosts = [h for t in TIERS for h in tiers[t]]
+    hosts = [h for t in TIERS for h in tiers.get(t, {})]
     for host, port in zip(hosts, free_ports(len(hosts)), strict=True):
-        tiers[next(t for t in TIERS if host in tiers[t])][host]["hfl_port"] = port
+        tiers[next(t for t in tiers if host in tiers[t])][host]["hfl_port"] = port
     cluster_vars.update(hfl_state_dir=str(tmp_path / "controller"),
                         hfl_host_state_dir=str(tmp_path / "hosts"),
                         hfl_venv=str(ROOT / ".venv"))

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from hfl_helpers import (
+    ROOT,
     local_inventory,
     playbook,
     processes_mentioning,
@@ -101,3 +102,20 @@ def local_inventory_same_ports(tmp, edit):
     cluster_vars = dict(doc["vars"])
     edit(tiers, cluster_vars)
     return write_inventory(tmp / "inventory", tiers, cluster_vars)
+
+
+def test_flat_fl_inventory_trains_clients_under_the_ga(tmp_path):
+    src = ROOT / "inventories" / "local-flat"
+    inventory = local_inventory(tmp_path, source=src)
+    try:
+        run = playbook("site.yml", inventory)
+        assert run.rc == 0, run.output[-3000:]
+        plan = json.loads((tmp_path / "controller" / "flat" / "plan.json").read_text())
+        assert set(plan["assignment"].values()) == {"ga"}
+        rows = (tmp_path / "controller" / "flat" / "results" / "ga.jsonl").read_text()
+        last = json.loads(rows.splitlines()[-1])
+        assert last["global_round"] == 10 and last["accuracy"] >= 0.90
+        assert sorted(last["participants"]) == ["c1", "c2", "c3", "c4"]
+    finally:
+        playbook("reset.yml", inventory)
+        stop_processes_under(tmp_path)
