@@ -5,7 +5,8 @@
 # the plugins are copied to .tmp/sanity first.
 # Its per-test venvs bootstrap pip with a get-pip script downloaded from a host we cannot reach;
 # a stand-in with the same command line (ensurepip, then pip install from the configured index)
-# is put in its cache instead. Tests needing a container (--docker) are not run.
+# is put in its cache instead; the test requirements then come from PyPI as usual. Every sanity
+# test runs, locally on Python 3.11 (no --docker: no container images can be pulled here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -58,6 +58,15 @@ def test_second_run_changes_and_restarts_nothing(deployed):
     assert service_pids(tmp / "hosts") == before
 
 
+def test_status_shows_every_service_finished(deployed):
+    _, inventory, _ = deployed
+    run = playbook("status.yml", inventory)
+    assert run.rc == 0 and run.changed == 0, run.output[-3000:]
+    assert "ga (global_aggregator): finished, global round" in run.output
+    for name in sorted(CLIENTS):
+        assert f"{name} (client): finished" in run.output
+
+
 def test_changed_epochs_restart_only_the_clients(deployed):
     tmp, _, _ = deployed
     before = service_pids(tmp / "hosts")
@@ -119,3 +128,13 @@ def test_flat_fl_inventory_trains_clients_under_the_ga(tmp_path):
     finally:
         playbook("reset.yml", inventory)
         stop_processes_under(tmp_path)
+
+
+def test_check_mode_reports_changes_and_places_nothing(tmp_path):
+    inventory = local_inventory(tmp_path)
+    run = playbook("site.yml", inventory, "--check")
+    assert run.rc == 0, run.output[-3000:]
+    assert run.changed >= 8  # plan.json and the seven services would change
+    assert not (tmp_path / "controller" / "demo" / "plan.json").exists()
+    assert not (tmp_path / "hosts").exists()
+    assert processes_mentioning(str(tmp_path)) == []
