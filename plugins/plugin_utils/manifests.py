@@ -161,7 +161,10 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
         "imagePullPolicy": "IfNotPresent",
         "command": [python, "-m", "fl_service", _COMMANDS[service["role"]],
                     "--config", CONFIG_FILE],
-        "ports": [{"name": "http", "containerPort": service["port"], "protocol": "TCP"}],
+        # hostPort: the plan's address:port (the inventory host's) reaches the service on every
+        # runtime, so status, wait and the orchestrator need no runtime-specific address.
+        "ports": [{"name": "http", "containerPort": service["port"], "hostPort": service["port"],
+                   "protocol": "TCP"}],
         # Readiness gates the Service; liveness is lenient: a client busy training still
         # answers /status from its HTTP thread, and a restart costs a round.
         "readinessProbe": _probe(2, 5, 3),
@@ -239,8 +242,8 @@ def _service_docs(ns, service, services_by_name, image, python, host_paths, pipe
 def render(plan, image=None, python=None, host_paths=None):
     """Multi-document YAML for ``plan``; ``image``/``python`` pick the container image and its
     interpreter, ``host_paths`` lists host folders every pod mounts read-only."""
-    # A plain JSON copy: plans straight from Ansible carry str subclasses YAML cannot dump.
-    plan = json.loads(json.dumps(plan))
+    # Plain JSON copies: values straight from Ansible are str subclasses YAML cannot dump.
+    plan, image, python, host_paths = json.loads(json.dumps([plan, image, python, host_paths]))
     pipeline = plan["pipeline"]
     ns = namespace(pipeline)
     services = sorted(plan["services"],

@@ -100,6 +100,7 @@ def test_hfl_tutorial_objects_pin_each_service_to_its_host():
         assert pod["nodeSelector"] == {"kubernetes.io/hostname": s["host"]}
         (container,) = pod["containers"]
         assert container["ports"][0]["containerPort"] == s["port"]
+        assert container["ports"][0]["hostPort"] == s["port"]
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/status", "port": "http"}
         wanted = {k: str(v) for k, v in s["resources"].items()}
