@@ -21,6 +21,12 @@ def podman_units(text):
     return manifests.podman_units(text)
 
 
+def k8s_stale(objects, text):
+    """Cluster objects the rendered text no longer has (see manifests.stale)."""
+    return manifests.stale(objects, text)
+
+
 class FilterModule:
     def filters(self):
-        return {"k8s_manifests": k8s_manifests, "podman_units": podman_units}
+        return {"k8s_manifests": k8s_manifests, "podman_units": podman_units,
+                "k8s_stale": k8s_stale}

@@ -297,3 +297,17 @@ def podman_units(text):
             unit["volumes"].append(doc["metadata"]["name"])
         unit["kube"] += raw
     return [units[k] for k in sorted(units)]
+
+
+def stale(objects, text):
+    """The cluster ``objects`` (as k8s_info lists them) that ``render``'s ``text`` no longer has,
+    as (apiVersion, kind, namespace, name) dicts: what the k3s executor prunes."""
+    wanted = {(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
+              for _, doc in documents(text)}
+    gone = []
+    for obj in objects:
+        meta = obj["metadata"]
+        if (obj["kind"], meta.get("namespace"), meta["name"]) not in wanted:
+            gone.append({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                         "namespace": meta.get("namespace"), "name": meta["name"]})
+    return sorted(gone, key=lambda o: (o["kind"], o["name"]))

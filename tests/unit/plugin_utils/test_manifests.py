@@ -190,3 +190,17 @@ def test_hfl_names_that_collide_in_kubernetes_are_an_error():
     groups["hfl_cluster"] += ["C_1", "c-1"]
     with pytest.raises(manifests.ManifestError, match="'C_1' and 'c-1'|'c-1' and 'C_1'"):
         manifests.render(plan.make_plan(topology.build(hosts, groups)))
+
+
+def test_hfl_k3s_prunes_exactly_what_left_the_plan():
+    hosts, groups = local_hfl()
+    before = manifests.render(plan.make_plan(topology.build(hosts, groups)))
+    hosts.pop("c4")
+    for members in groups.values():
+        if "c4" in members:
+            members.remove("c4")
+    after = manifests.render(plan.make_plan(topology.build(hosts, groups)))
+    in_cluster = [doc for _, doc in manifests.documents(before)]
+    assert [(o["kind"], o["name"]) for o in manifests.stale(in_cluster, after)] == [
+        ("ConfigMap", "c4-config"), ("Deployment", "c4")]
+    assert manifests.stale(in_cluster, before) == []
