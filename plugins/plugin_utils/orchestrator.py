@@ -278,6 +278,9 @@ class Orchestrator:
             self.deferred_units += units
         else:
             self.ledger.book(change)
+        # Placement takes a while and the pipeline trains on meanwhile: the change counts from
+        # the round the GA is at once it is in place, not from the round that triggered it.
+        applied = max(rnd, completed_round(self.hooks.observe([f.ga]).get(f.ga)))
         if after != before:
             self.history.append(dict(after))
         self.assignment = dict(after)
@@ -285,11 +288,11 @@ class Orchestrator:
         self._misses.clear()  # moved and new services get their start-up grace again
         unit_old = cost.round_cost(before, f.cost, f.ga, self.settings.local_rounds, 1.0)
         unit_new = cost.round_cost(after, f.cost, f.ga, self.settings.local_rounds, 1.0)
-        if (self.settings.verify and revertible and rnd > 0
+        if (self.settings.verify and revertible and applied > 0
                 and check.needs_check(unit_old, unit_new, speculative)):
             xb = self.exchange_mb or 1.0
             self.pending = check.Pending(
-                change_round=rnd, before=before, after=dict(after), cost_before=unit_old * xb,
+                change_round=applied, before=before, after=dict(after), cost_before=unit_old * xb,
                 cost_after=unit_new * xb,
                 revert_cost=cost.change_cost(after, before, f.cost, xb, f.ga),
                 window=self.settings.window, reason=trigger, speculative=speculative)
@@ -297,7 +300,7 @@ class Orchestrator:
                          + ("; verify after " f"{self.settings.window} global rounds"
                             if self.pending and self.pending.after == after else ""))
         self.event(trigger, action, why, rnd, before=before, after=after, change_cost=change,
-                   change_units=units, forecast=forecast,
+                   change_units=units, forecast=forecast, applied_at_round=applied,
                    per_round_before=old_round, per_round_after=new_round)
         return True
 
@@ -358,9 +361,10 @@ class Orchestrator:
             if last <= rnd:
                 return self._stop(rnd, rnd, f"budget spent: {self.ledger.total:.4g} of "
                                   f"{s.budget:.4g}, a round costs {per_round:.4g}")
-            if (s.global_rounds is None or last < s.global_rounds) and last != \
-                    self.last_round_sent:
+            lower = self.last_round_sent is None or last < self.last_round_sent
+            if (s.global_rounds is None or last < s.global_rounds) and lower:
                 # Told ahead, the GA stops on time even if this loop lags behind its rounds.
+                # Only ever lowered: a GA that must be re-placed to learn it restarts once.
                 self.hooks.set_last_round(last)
                 self.last_round_sent = last
         return False

@@ -16,8 +16,8 @@ all five noisy points can support (a three-parameter saturating curve a - b*exp(
 to five points swings wildly in c). Using the global round, not the rounds since the change,
 keeps the diminishing returns of the whole run: round 11 is not treated like round 1.
 Both options continue from the same model, so both forecasts start at the post-change fit's value
-now; they differ in slope (b after the change for keep, b before it for revert) and in how many
-rounds the remaining budget buys (revert pays its change cost first).
+now; they differ in slope (b after the change for keep, b over the W rounds before it for revert)
+and in how many rounds the remaining budget buys (revert pays its change cost first).
 """
 
 from __future__ import annotations
@@ -98,7 +98,11 @@ def evaluate(
     max_round: int | None = None,
 ) -> Verdict:
     """Keep or revert `p`, given global-round accuracies `series` up to round `now`."""
-    pre = sorted((r, a) for r, a in series.items() if r <= p.change_round)
+    # The old slope from the rounds just before the change only: accuracy curves flatten, so a
+    # slope fitted over the whole run (as the reference does) credits a revert with the steep
+    # early rounds and reverts good changes late in a run.
+    pre = sorted((r, a) for r, a in series.items()
+                 if p.change_round - p.window <= r <= p.change_round)
     post = sorted((r, a) for r, a in series.items() if p.change_round < r <= now)
     if len(post) < 2:
         if remaining_budget is not None and _rounds(remaining_budget, p.cost_after) <= 1:

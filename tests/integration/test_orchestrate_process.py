@@ -1,0 +1,217 @@
+"""The orchestrator against a real pipeline on the process runtime (embedded-default shape):
+a client added to the inventory file joins the aggregate; a killed LA's clients move to the
+other LA and training goes on without losing a round; a budget stops the run in time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from hfl_helpers import (
+    ROOT,
+    ansible_env,
+    free_ports,
+    local_inventory,
+    playbook,
+    service_pids,
+    stop_processes_under,
+)
+
+pytestmark = pytest.mark.integration
+PIPELINE = "demo"
+
+
+def edit_reference(rounds, **extra):
+    """Link costs of the reference experiment: client-LA 20 or 60, LA-GA 100."""
+
+    def edit(tiers, cv):
+        for la in tiers["fog"].values():
+            la["hfl_link_cost"] = {"ga": 100}
+        for name, c in tiers["edge"].items():
+            near = "la1" if name in ("c1", "c2") else "la2"
+            c["hfl_link_cost"] = {near: 20, ("la2" if near == "la1" else "la1"): 60}
+            c.pop("hfl_parent", None)
+        # Room for a joining client without changing every client's partitioning (digest).
+        cv.update(hfl_global_rounds=rounds, hfl_num_partitions=6, **extra)
+
+    return edit
+
+
+class Pipeline:
+    """A placed pipeline with the orchestrator attached in the background."""
+
+    def __init__(self, tmp, edit):
+        self.tmp = tmp
+        self.inventory = local_inventory(tmp, edit)
+        self.state = tmp / "controller" / PIPELINE
+        self.orchestrator = None
+        self.log = tmp / "orchestrate.log"
+
+    def place(self):
+        run = playbook("place.yml", self.inventory)
+        assert run.rc == 0, run.output[-3000:]
+
+    def attach(self):
+        argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(self.inventory),
+                str(ROOT / "playbooks" / "orchestrate.yml"), "-e", "hfl_orchestrate=true",
+                "-e", "hfl_orchestrate_poll_s=1", "-e", "hfl_orchestrate_max_wall_s=600"]
+        with open(self.log, "w") as out:
+            self.orchestrator = subprocess.Popen(argv, cwd=ROOT, env=ansible_env(), stdout=out,
+                                                 stderr=subprocess.STDOUT, text=True)
+
+    def events(self):
+        path = self.state / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_event(self, match, deadline_s=300):
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            found = [e for e in self.events() if match(e)]
+            if found:
+                return found[0]
+            assert self.orchestrator.poll() is None, self.log.read_text()[-3000:]
+            time.sleep(0.5)
+        raise AssertionError(f"no such event in {deadline_s} s: {self.events()[-3:]}\n"
+                             + self.log.read_text()[-2000:])
+
+    def hosts_yml(self):
+        return self.inventory / "hosts.yml"
+
+    def status(self, service):
+        port = self.port(service)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            return json.loads(r.read())
+
+    def port(self, service):
+        import yaml
+
+        doc = yaml.safe_load(self.hosts_yml().read_text())
+        for tier in doc["hfl_cluster"]["children"].values():
+            if service in tier["hosts"]:
+                return tier["hosts"][service]["hfl_port"]
+        raise KeyError(service)
+
+    def results(self, service):
+        path = self.tmp / "hosts" / PIPELINE / service / "state" / "results.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_rounds(self, n, deadline_s=300):
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if len(self.results("ga")) >= n:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"the GA did not complete {n} global rounds in {deadline_s} s")
+
+    def close(self):
+        if self.orchestrator is not None and self.orchestrator.poll() is None:
+            os.kill(self.orchestrator.pid, signal.SIGTERM)
+            try:
+                self.orchestrator.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.orchestrator.pid, signal.SIGKILL)
+                self.orchestrator.wait()
+        playbook("reset.yml", self.inventory)
+        stop_processes_under(self.tmp)
+
+
+@pytest.fixture
+def pipeline_factory(tmp_path):
+    made = []
+
+    def make(edit):
+        p = Pipeline(tmp_path, edit)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_a_client_added_to_the_inventory_file_joins_the_aggregate(pipeline_factory):
+    p = pipeline_factory(edit_reference(rounds=1000))
+    p.place()
+    p.attach()
+    p.wait_event(lambda e: e["trigger"] == "attach")
+    p.wait_rounds(2)
+    port = free_ports(1)[0]
+    text = p.hosts_yml().read_text()
+    import yaml
+
+    doc = yaml.safe_load(text)
+    doc["hfl_cluster"]["children"]["edge"]["hosts"]["c5"] = {
+        "hfl_role": "client", "hfl_port": port, "hfl_link_cost": {"la1": 20, "la2": 60}}
+    p.hosts_yml().write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    ev = p.wait_event(lambda e: e["trigger"] == "join: c5" and e["action"] == "apply")
+    assert ev["plan_after"]["c5"] == "la1" and "c5" not in ev["plan_before"]
+    assert ev["cost"]["total"] > 0 and "change_cost" in ev
+    # Placement returns once c5 answers /status; it then loads its data and joins la1. From
+    # then on it is in the aggregate no later than the global round after the one in progress.
+    end = time.monotonic() + 120
+    while p.status("c5").get("parent_name") != "la1":
+        assert time.monotonic() < end, p.status("c5")
+        time.sleep(0.2)
+    in_progress = p.status("ga")["global_round"]
+    while time.monotonic() < end:
+        joined = [r["global_round"] for r in p.results("la1") if "c5" in r.get("participants", [])]
+        if joined:
+            break
+        time.sleep(0.5)
+    assert joined, p.results("la1")[-2:]
+    assert joined[0] <= in_progress + 1, (joined[0], in_progress)
+    assert p.orchestrator.poll() is None  # still watching
+
+
+def test_a_killed_la_has_its_clients_moved_and_training_goes_on(pipeline_factory):
+    p = pipeline_factory(edit_reference(rounds=1000))
+    p.place()
+    p.attach()
+    p.wait_event(lambda e: e["trigger"] == "attach")
+    p.wait_rounds(3)
+    ga_pid = service_pids(p.tmp / "hosts")["ga"]
+    os.kill(service_pids(p.tmp / "hosts")["la2"], signal.SIGKILL)
+
+    ev = p.wait_event(lambda e: e["trigger"] == "failure: la2" and e["action"] == "apply")
+    assert set(ev["plan_after"].values()) == {"la1"}
+    done = len(p.results("ga"))
+    p.wait_rounds(done + 3, deadline_s=180)
+    for c in ("c3", "c4"):
+        assert p.status(c)["parent_name"] == "la1"
+    recent = p.results("la1")[-1]
+    assert {"c1", "c2", "c3", "c4"} <= set(recent["participants"])
+    rounds = [r["global_round"] for r in p.results("ga")]
+    assert rounds == list(range(1, len(rounds) + 1))  # no completed round lost or repeated
+    assert service_pids(p.tmp / "hosts")["ga"] == ga_pid  # the GA never restarted
+
+
+def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
+    from ansible_collections.hfl.orchestration.plugins.plugin_utils import cost
+
+    budget = 700.0  # about 8 global rounds of this shape on digits (0.3 MB per exchange)
+    p = pipeline_factory(edit_reference(rounds=1000, hfl_budget=budget))
+    p.place()
+    p.attach()
+    assert p.orchestrator.wait(600) == 0, p.log.read_text()[-3000:]
+    stop = p.events()[-1]
+    assert stop["action"] == "stop" and stop["reason"].startswith("budget"), stop
+    assert p.status("ga")["state"] == "finished"
+    weights = {"la1": {"ga": 100}, "la2": {"ga": 100}, "c1": {"la1": 20, "la2": 60},
+               "c2": {"la1": 20, "la2": 60}, "c3": {"la1": 60, "la2": 20},
+               "c4": {"la1": 60, "la2": 20}}
+    lines = [r for s in ("la1", "la2", "c1", "c2", "c3", "c4") for r in p.results(s)]
+    per_round = cost.round_costs_from_results(lines, weights)
+    spent = sum(per_round.values()) + sum(e.get("change_cost") or 0 for e in p.events())
+    assert len(per_round) < 1000
+    assert spent <= budget + max(per_round.values()), (spent, per_round)
+    assert spent >= budget - 2 * max(per_round.values()), (spent, per_round)
