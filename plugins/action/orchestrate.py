@@ -209,16 +209,11 @@ class ActionModule(ActionBase):
         display.warning(f"orchestrate: GA /control global_rounds failed ({out.get('msg')}); "
                         "re-placing it with the new round count")
         self._place_extra["hfl_global_rounds"] = n
-        self._apply(self._orch_assignment(), self._left_out())
-
-    def _orch_assignment(self):
-        return json.loads((self._dir / "plan.json").read_text())["assignment"]
-
-    def _left_out(self):
-        try:
-            return json.loads((self._dir / "assignment.json").read_text())["left_out"]
-        except (OSError, ValueError, KeyError):
-            return []
+        path = self._dir / "assignment.json"
+        extravars = {"hfl_state_dir": str(self._dir.parent), **self._place_extra}
+        if path.exists():
+            extravars["hfl_assignment_file"] = str(path)
+        self._runner("place.yml", extravars, self._topo.ga.host)  # only the GA's spec changed
 
     def _emit(self, event):
         event = {"ts": time.time(), **event}
