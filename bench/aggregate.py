@@ -5,16 +5,16 @@ Inputs: 50 updates shaped like torchvision's ResNet-18 (its state_dict's floatin
 Each contender is timed warm, median of several calls; GB/s = input bytes read / time.
 - memcpy:  np.copyto of every update (as one flat buffer) into one destination buffer.
 - fedavg:  fl_service.aggregation.fedavg over all 50 updates at once.
-- accumulator: FedAvgAccumulator.add() for each update, then result() (what the GA/LA run).
+- accumulator, batch B: FedAvgAccumulator(batch=B).add() for each update, then result() (what
+  the GA/LA run as updates arrive); also the time of the last add() plus result(), the work
+  left once the last update is in.
 - flower:  flwr.server.strategy.aggregate.aggregate().
-Our kernel calls BLAS axpy, which OpenBLAS may spread over several threads; the "1 thread" rows
-cap it (threadpoolctl) for a like-for-like comparison with numpy and Flower, which use one.
-OPENBLAS_CORETYPE and similar variables, set on some machines, only pick the BLAS kernel; this
-script prints what threadpoolctl reports so a reader sees which one ran.
+All of them run on one thread (our kernel limits BLAS to one, see fl_service/aggregation.py).
+OPENBLAS_CORETYPE and similar variables, set on some machines, only pick OpenBLAS's kernel for
+the CPU (our axpy's); the header line prints what threadpoolctl reports, kernel included.
 
 Usage: .venv/bin/python bench/aggregate.py [--updates 50] [--repeats 5]
-Ends with one JSON line: {"fedavg_gbps", "fedavg_1thread_gbps", "accumulator_gbps",
-"memcpy_gbps", "flower_gbps"}.
+Ends with one JSON line: {"fedavg_gbps", "accumulator_gbps", "memcpy_gbps", "flower_gbps"}.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torchvision
 from flwr.server.strategy.aggregate import aggregate
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from fl_service.aggregation import FedAvgAccumulator, fedavg
 
@@ -59,11 +59,25 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def accumulate(updates: list[Update]) -> list[np.ndarray]:
-    acc = FedAvgAccumulator()
+def accumulate(updates: list[Update], batch: int) -> list[np.ndarray]:
+    acc = FedAvgAccumulator(batch=batch)
     for arrays, n in updates:
         acc.add(arrays, n)
     return acc.result()
+
+
+def seconds_after_last_update(updates: list[Update], batch: int, repeats: int) -> float:
+    """Median time of the last add() plus result(), the rest folded beforehand."""
+    times = []
+    for _ in range(repeats):
+        acc = FedAvgAccumulator(batch=batch)
+        for arrays, n in updates[:-1]:
+            acc.add(arrays, n)
+        start = time.perf_counter()
+        acc.add(*updates[-1])
+        acc.result()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -81,15 +95,12 @@ def main() -> None:
         for buffer in flat:
             np.copyto(target, buffer)
 
-    def fedavg_one_thread() -> None:
-        with threadpool_limits(1):
-            fedavg(updates)
-
+    default_batch = FedAvgAccumulator().batch
     contenders = [
         ("memcpy (np.copyto)", memcpy),
         ("fedavg", lambda: fedavg(updates)),
-        ("fedavg, 1 thread", fedavg_one_thread),
-        ("accumulator", lambda: accumulate(updates)),
+        (f"accumulator, batch {default_batch}", lambda: accumulate(updates, default_batch)),
+        ("accumulator, batch 1", lambda: accumulate(updates, 1)),
         ("flower aggregate()", lambda: aggregate(updates)),
     ]
     blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()]
@@ -97,12 +108,15 @@ def main() -> None:
         f"{args.updates} updates x {input_bytes / args.updates / 1e6:.1f} MB "
         f"= {input_bytes / 1e9:.2f} GB; thread pools (api, kernel, threads): {blas}"
     )
-    print(f"{'contender':<22}{'median s':>10}{'GB/s':>8}")
+    print(f"{'contender':<24}{'median s':>10}{'GB/s':>8}")
     gbps = {}
     for name, fn in contenders:
         seconds = median_seconds(fn, args.repeats)
         gbps[name] = input_bytes / seconds / 1e9
-        print(f"{name:<22}{seconds:>10.3f}{gbps[name]:>8.2f}")
+        print(f"{name:<24}{seconds:>10.3f}{gbps[name]:>8.2f}")
+    for batch in (default_batch, 1):
+        tail = seconds_after_last_update(updates, batch, args.repeats)
+        print(f"accumulator, batch {batch}: last add() + result() {tail * 1000:.1f} ms")
     ratio_copy = gbps["fedavg"] / gbps["memcpy (np.copyto)"]
     ratio_flower = gbps["fedavg"] / gbps["flower aggregate()"]
     print(f"fedavg / memcpy = {ratio_copy:.2f}, fedavg / flower = {ratio_flower:.2f}")
@@ -110,8 +124,7 @@ def main() -> None:
         json.dumps(
             {
                 "fedavg_gbps": round(gbps["fedavg"], 2),
-                "fedavg_1thread_gbps": round(gbps["fedavg, 1 thread"], 2),
-                "accumulator_gbps": round(gbps["accumulator"], 2),
+                "accumulator_gbps": round(gbps[f"accumulator, batch {default_batch}"], 2),
                 "memcpy_gbps": round(gbps["memcpy (np.copyto)"], 2),
                 "flower_gbps": round(gbps["flower aggregate()"], 2),
             }
