@@ -36,6 +36,20 @@ def test_frame_round_trip_keeps_header_shapes_dtypes_and_values() -> None:
     assert decode_frame(encode_frame({"finished": True}, None)) == ({"finished": True}, None)
 
 
+def test_the_model_travels_as_flowers_own_array_record_bytes() -> None:
+    """Our writer skips Flower's copies but must produce exactly Flower's serialization."""
+    from flwr.app import ArrayRecord
+    from flwr.common.serde import array_record_to_proto
+
+    model = [*MODEL, np.array(3, dtype=np.int64), np.zeros((0, 2)), np.ones(5, dtype=np.uint8)]
+    frame = encode_frame({"k": "v"}, model)
+    head_len = int.from_bytes(frame[:4], "big")
+    flower = array_record_to_proto(ArrayRecord(model)).SerializeToString()
+    assert frame[4 + head_len:] == flower
+    _, arrays = decode_frame(frame)
+    assert [a.shape for a in arrays] == [a.shape for a in model]
+
+
 @pytest.mark.parametrize("frame", [b"", b"\x00\x00", b"\x00\x00\x00\xffabc",
                                    b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x02{}garbage!"])
 def test_malformed_frames_raise_value_error(frame: bytes) -> None:

@@ -1,0 +1,318 @@
+"""Per-round framework overhead of fl_service (flat and HFL) beside plain Flower 1.42 flat FL.
+
+    .venv/bin/python bench/round_overhead.py [--quick]
+
+Everything runs on loopback as real processes, with the ~1M-parameter CIFAR-10 CNN and one SGD
+step of local training (bench/overhead_task.py), so a round is almost all overhead.
+Overhead of a round = its wall time minus the slowest participant's training time; the figure is
+the median over the steady rounds (the first WARMUP rounds, which include connecting and torch's
+first-call costs, are left out).
+- flat: GA + CLIENTS clients; GA wall time per global round (task out, updates in, aggregate).
+- HFL: GA + 2 LAs x 2 clients, LOCAL_ROUNDS local rounds per global round; per local round =
+  (GA round wall - the slowest LA's summed per-local-round slowest training) / LOCAL_ROUNDS.
+- plain Flower: the same model, clients and training through flwr's legacy start_server /
+  start_client (bench/plain_flower.py) and through its deployment engine (SuperLink +
+  SuperNodes + `flwr run`); the faster is plain Flower's figure.
+Prints where our overhead goes, and ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import overhead_task  # noqa: E402
+
+from fl_service.transport import decode_frame, encode_frame  # noqa: E402
+
+CLIENTS = 4
+LOCAL_ROUNDS = 2
+WARMUP = 2
+TRAINING = {"task": "overhead_task", "seed": 0, "batch_size": 16, "learning_rate": 0.01,
+            "threads": 1}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    path = os.pathsep.join([str(BENCH), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Processes:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = (self.root / f"{log_name}.log").open("ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                                cwd=self.root)
+        self.procs.append(proc)
+        return proc
+
+    def service(self, role: str, name: str, **cfg: object) -> int:
+        port = free_port()
+        config = {"name": name, "port": port, "state_dir": str(self.root / name), **TRAINING,
+                  **cfg}
+        path = self.root / f"{name}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        self.start([sys.executable, "-m", "fl_service", role, "--config", str(path)], name)
+        return port
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+def wait_finished(port: int, procs: Processes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [p.args for p in procs.procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a process exited early: {dead[0]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+                if json.loads(r.read())["state"] == "finished":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"GA on port {port} did not finish within {timeout}s")
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_flat(root: Path, rounds: int) -> list[dict]:
+    procs = Processes(root / "flat")
+    procs.root.mkdir()
+    try:
+        ga = procs.service("global-aggregator", "ga", global_rounds=rounds,
+                           min_participants=CLIENTS, round_timeout_s=120)
+        for i in range(CLIENTS):
+            procs.service("client", f"c{i}", parent=f"127.0.0.1:{ga}")
+        wait_finished(ga, procs, timeout=60 + 20 * rounds)
+        return read_results(procs.root / "ga" / "results.jsonl")
+    finally:
+        procs.stop()
+
+
+def run_hfl(root: Path, rounds: int) -> tuple[list[dict], list[dict]]:
+    procs = Processes(root / "hfl")
+    procs.root.mkdir()
+    try:
+        ga = procs.service("global-aggregator", "ga", global_rounds=rounds, min_participants=2,
+                           round_timeout_s=120)
+        las = [procs.service("local-aggregator", f"la{j}", parent=f"127.0.0.1:{ga}",
+                             local_rounds=LOCAL_ROUNDS, min_participants=2, round_timeout_s=60)
+               for j in range(2)]
+        for i in range(CLIENTS):
+            procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // 2]}")
+        wait_finished(ga, procs, timeout=60 + 30 * rounds)
+        la_lines = read_results(procs.root / "la0" / "results.jsonl")
+        return read_results(procs.root / "ga" / "results.jsonl"), la_lines
+    finally:
+        procs.stop()
+
+
+def run_flower_legacy(root: Path, rounds: int) -> list[dict]:
+    procs = Processes(root / "flower_legacy")
+    procs.root.mkdir()
+    out = procs.root / "rounds.jsonl"
+    port = free_port()
+    script = str(BENCH / "plain_flower.py")
+    try:
+        server = procs.start([sys.executable, script, "legacy-server", "--port", str(port),
+                              "--rounds", str(rounds), "--clients", str(CLIENTS), "--out",
+                              str(out)], "server")
+        for i in range(CLIENTS):
+            procs.start([sys.executable, script, "legacy-client", "--port", str(port), "--id",
+                         str(i)], f"client{i}")
+        server.wait(timeout=60 + 20 * rounds)
+        return read_results(out)
+    finally:
+        procs.stop()
+
+
+def run_flower_deployment(root: Path, rounds: int) -> list[dict]:
+    """SuperLink + one SuperNode per client + `flwr run` of bench/flower_app (Message API)."""
+    base = root / "flower_deployment"
+    (base / "flwr_home").mkdir(parents=True)
+    app = base / "app"
+    shutil.copytree(BENCH / "flower_app", app)
+    port = free_port()
+    (base / "flwr_home" / "config.toml").write_text(
+        f'[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    os.environ["FLWR_HOME"] = str(base / "flwr_home")  # child_env() passes it on
+    out = base / "rounds.jsonl"
+    procs = Processes(base)
+    bin_dir = Path(sys.executable).parent
+    try:
+        procs.start([str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
+                     "--port", str(port)], "superlink")
+        for i in range(CLIENTS):
+            procs.start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
+                         f"127.0.0.1:{port}", "--port", str(free_port()), "--node-config",
+                         f"partition-id={i} num-partitions={CLIENTS}"], f"supernode{i}")
+        run_config = f'num-server-rounds={rounds} clients={CLIENTS} out="{out}"'
+        runner = procs.start([str(bin_dir / "flwr"), "run", str(app), "bench", "--run-config",
+                              run_config, "--stream"], "flwr_run")
+        deadline = time.monotonic() + 90 + 40 * rounds
+        while time.monotonic() < deadline:
+            done = len(read_results(out)) if out.exists() else 0
+            if done >= rounds:
+                return read_results(out)
+            if runner.poll() is not None and done == 0:
+                tail = (base / "flwr_run.log").read_text(errors="replace")[-600:]
+                raise RuntimeError(f"flwr run exited with {runner.returncode}: {tail}")
+            time.sleep(0.5)
+        raise TimeoutError(f"{len(read_results(out)) if out.exists() else 0} of {rounds} "
+                           f"rounds within the deadline")
+    finally:
+        os.environ.pop("FLWR_HOME", None)
+        procs.stop()
+
+
+def steady(values: list[float]) -> float:
+    return statistics.median(values[WARMUP:] if len(values) > WARMUP else values)
+
+
+def serialization_costs(arrays: list[np.ndarray], repeat: int = 5) -> tuple[float, float]:
+    """(encode, decode) seconds of one model frame, best of `repeat`."""
+    enc, dec = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        frame = encode_frame({"task_id": "x"}, arrays)
+        t1 = time.perf_counter()
+        decode_frame(frame)
+        dec.append(time.perf_counter() - t1)
+        enc.append(t1 - t0)
+    return min(enc), min(dec)
+
+
+def loopback_seconds_per_byte(payload: int = 8 << 20) -> float:
+    """Raw TCP loopback transfer time per byte, as a floor for what transfer can cost."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    sender = socket.create_connection(server.getsockname())
+    receiver, _ = server.accept()
+    data = bytes(payload)
+    buffer = bytearray(1 << 20)
+    import threading
+
+    thread = threading.Thread(target=sender.sendall, args=(data,))
+    t0 = time.perf_counter()
+    thread.start()
+    got = 0
+    while got < payload:
+        got += receiver.recv_into(buffer)
+    elapsed = time.perf_counter() - t0
+    thread.join()
+    for s in (sender, receiver, server):
+        s.close()
+    return elapsed / payload
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    args = parser.parse_args()
+    flat_rounds, hfl_rounds = (6, 5) if args.quick else (12, 8)
+
+    model = overhead_task.load_model(TRAINING)
+    arrays = [t.detach().numpy().copy() for t in model.state_dict().values()]
+    params = sum(p.numel() for p in model.parameters())
+    model_bytes = sum(a.nbytes for a in arrays)
+    print(f"model: {params} parameters, {model_bytes / 1e6:.2f} MB float32; "
+          f"{CLIENTS} clients, 1 SGD step of {overhead_task.EXAMPLES} images per round")
+
+    with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
+        root = Path(tmp)
+        flat = run_flat(root, flat_rounds)
+        flat_over = [r["wall_time_s"] - r["train_time_s"] for r in flat]
+        hfl, la0 = run_hfl(root, hfl_rounds)
+        hfl_over = [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in hfl]
+        la_over = [r["wall_time_s"] - r["train_time_s"] for r in la0]
+        legacy = run_flower_legacy(root, flat_rounds)
+        legacy_over = [r["wall_time_s"] - r["train_time_s"] for r in legacy]
+        try:
+            deployment = run_flower_deployment(root, 4 if args.quick else 5)
+            deployment_over = [r["wall_time_s"] - r["train_time_s"] for r in deployment]
+            deployment_error = ""
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            deployment_over, deployment_error = [], str(exc)
+
+    flat_s, hfl_s, legacy_s = steady(flat_over), steady(hfl_over), steady(legacy_over)
+    print(f"\nflat ({len(flat)} rounds): overhead per round {flat_s:.4f} s "
+          f"(per round: {' '.join(f'{x:.3f}' for x in flat_over)})")
+    print(f"HFL  ({len(hfl)} global x {LOCAL_ROUNDS} local): overhead per local round "
+          f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
+          f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
+          f"{steady(la_over):.4f} s")
+    print(f"plain Flower legacy start_server ({len(legacy)} rounds): overhead per round "
+          f"{legacy_s:.4f} s (per round: {' '.join(f'{x:.3f}' for x in legacy_over)})")
+    plain_s = legacy_s
+    if deployment_over:
+        deployment_s = steady(deployment_over)
+        print(f"plain Flower deployment engine ({len(deployment_over)} rounds): overhead per "
+              f"round {deployment_s:.4f} s (per round: "
+              f"{' '.join(f'{x:.3f}' for x in deployment_over)})")
+        plain_s = min(legacy_s, deployment_s)
+    else:
+        print(f"plain Flower deployment engine: NOT MEASURED: {deployment_error}")
+
+    encode_s, decode_s = serialization_costs(arrays)
+    per_byte = loopback_seconds_per_byte()
+    aggregation = steady([r["aggregation_time_s"] for r in flat])
+    # Critical path of a flat round: GA encodes once; a client decodes, (trains,) encodes; the
+    # GA decodes the last update and folds it in. Transfer: one model down and one up, at least.
+    serialization = encode_s + decode_s + encode_s + decode_s
+    transfer = 2 * model_bytes * per_byte
+    waiting = flat_s - serialization - transfer - aggregation
+    print("\nwhere a flat round's overhead goes (critical path, estimated):")
+    print(f"  serialization  {serialization:.4f} s  (ArrayRecord frame encode {encode_s:.4f} s, "
+          f"decode {decode_s:.4f} s; twice each)")
+    print(f"  transfer       {transfer:.4f} s  (2 x {model_bytes / 1e6:.1f} MB at raw loopback "
+          f"{1 / per_byte / 1e9:.2f} GB/s)")
+    print(f"  aggregation    {aggregation:.4f} s  (FedAvg fold, GA, median)")
+    print(f"  waiting/other  {waiting:.4f} s  (loading arrays into the model, scheduling "
+          f"{CLIENTS + 1} processes on {os.cpu_count()} cores, HTTP)")
+    print(json.dumps({"hfl_overhead_s_per_local_round": round(hfl_s, 4),
+                      "flat_overhead_s_per_round": round(flat_s, 4),
+                      "plain_flower_overhead_s_per_round": round(plain_s, 4),
+                      "model_params": params}))
+
+
+if __name__ == "__main__":
+    main()
