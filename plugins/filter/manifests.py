@@ -26,7 +26,12 @@ def k8s_stale(objects, text):
     return manifests.stale(objects, text)
 
 
+def k8s_name(name):
+    """A service name as its Kubernetes object name and podman alias (manifests.dns_name)."""
+    return manifests.dns_name(name)
+
+
 class FilterModule:
     def filters(self):
         return {"k8s_manifests": k8s_manifests, "podman_units": podman_units,
-                "k8s_stale": k8s_stale}
+                "k8s_stale": k8s_stale, "k8s_name": k8s_name}

@@ -191,6 +191,9 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
                     "annotations": {CONFIG_SHA: hashlib.sha256(config_text.encode()).hexdigest()},
                 },
                 "spec": {
+                    # The pod's pause/infra process is PID 1, so fl_service gets SIGTERM's
+                    # default action (exit) at once instead of the grace period's SIGKILL.
+                    "shareProcessNamespace": True,
                     "nodeSelector": {"kubernetes.io/hostname": service["host"]},
                     # k3s_agent may taint nodes hfl.io/tier=<tier>:NoSchedule to keep other
                     # work off edge devices; our pods tolerate their own tier.
