@@ -156,7 +156,7 @@ def plot_histograms(hists: dict[str, list[int]]) -> str:
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("Class histogram per client", fontsize=9)
+    fig.suptitle("Class histogram per client", fontsize=9, y=1.03)
     return _png(fig)
 
 

@@ -233,3 +233,34 @@ def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
     assert len(per_round) < 1000
     assert spent <= budget + max(per_round.values()), (spent, per_round)
     assert spent >= budget - 2 * max(per_round.values()), (spent, per_round)
+
+
+def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        pytest.skip("chromium is not installed")
+    inventory = local_inventory(tmp_path, edit_reference(rounds=4))
+    try:
+        run = playbook("site.yml", inventory)
+        assert run.rc == 0, run.output[-3000:]
+    finally:
+        playbook("reset.yml", inventory)
+        stop_processes_under(tmp_path)
+    page = tmp_path / "controller" / PIPELINE / "report.html"
+    # A copy with a probe that counts the images the browser decoded.
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", (
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.body.setAttribute('data-loaded',i.filter(x=>x.complete&&x.naturalWidth>0)"
+        ".length+'/'+i.length)})</script></body>")))
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert 'data-loaded="3/3"' in dom  # learning, cost, client histograms
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1600", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
