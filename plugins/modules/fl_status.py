@@ -11,7 +11,7 @@ short_description: Read the /status of fl_service services from the host it runs
 version_added: 0.1.0
 description:
   - Fetches C(GET /status) of each service given, concurrently, from the target host (run it
-    where the services are reachable: on their own host, or on the global aggregator's host,
+    where the services are reachable, on their own host or on the global aggregator's host,
     which reaches every service of its pipeline).
   - A service that does not answer within O(timeout) is reported with C(reachable=false) and the
     reason; the module itself does not fail for it, since a dead service is information here.

@@ -28,7 +28,7 @@ description:
     out, which are stopped after their results are collected). Only services whose spec changed
     move; a client's move reloads it and never restarts the global aggregator.
   - Verify. A change that costs more per round (or a stall's speculative one) is checked
-    O(window) global rounds later (earlier when the budget runs out first): accuracy is fitted
+    O(window) global rounds later (earlier when the budget runs out first); accuracy is fitted
     as C(a + b ln(x+1)), the final accuracy at budget exhaustion (C(hfl_objective=max_accuracy))
     or the cost to C(hfl_target_accuracy) (C(min_cost)) is forecast for keeping and for
     reverting, and the change is reverted if that wins; the revert's cost is booked.
@@ -91,8 +91,8 @@ options:
     type: float
     default: 3.0
 notes:
-  - The global aggregator is told its last round with C(POST /control {"global_rounds": N}); if
-    it refuses, it is re-placed with C(hfl_global_rounds=N) and resumes from its checkpoint.
+  - "The global aggregator is told its last round with C(POST /control) C({global_rounds: N});
+    if it refuses, it is re-placed with C(hfl_global_rounds=N) and resumes from its checkpoint."
   - C(ansible-playbook) must be on PATH next to the running Python (the venv's bin).
 """
 

@@ -123,6 +123,7 @@ class Orchestrator:
     _stopping: bool = False
     _fleet: policies.Fleet | None = None
     _statuses: dict[str, dict] = field(default_factory=dict)
+    _weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.model = self.model or self.settings.model
@@ -136,13 +137,15 @@ class Orchestrator:
                         *self.assignment.values()})
         self._statuses = self.hooks.observe(names)
         self._fleet = fleet
+        # Weights of hosts that left the inventory are still needed to price the old plan.
+        self._weights = {**self._weights, **fleet.cost}
         rnd = completed_round(self._statuses.get(fleet.ga))
         metrics = (self._statuses.get(fleet.ga) or {}).get("last_metrics") or {}
         if rnd > 0 and metrics.get("accuracy") is not None:
             self.accuracy[rnd] = float(metrics["accuracy"])
             if metrics.get("loss") is not None:
                 self.loss[rnd] = float(metrics["loss"])
-        self.ledger.observe(self._statuses, fleet.cost)
+        self.ledger.observe(self._statuses, self._weights)
         self._calibrate(rnd, fleet)
         return rnd
 
@@ -154,7 +157,7 @@ class Orchestrator:
         r0, m0 = self._mark
         if rnd == r0:
             return
-        unit = cost.round_cost(self.assignment, fleet.cost, fleet.ga,
+        unit = cost.round_cost(self.assignment, self._weights, fleet.ga,
                                self.settings.local_rounds, 1.0)
         if unit > 0:
             self.exchange_mb = (self.ledger.measured - m0) / (rnd - r0) / unit
@@ -168,7 +171,7 @@ class Orchestrator:
         if self.exchange_mb is None:
             return None
         f = self._fleet
-        return cost.round_cost(assignment, f.cost, f.ga, self.settings.local_rounds,
+        return cost.round_cost(assignment, self._weights, f.ga, self.settings.local_rounds,
                                self.exchange_mb)
 
     def costs(self) -> dict:
@@ -265,7 +268,7 @@ class Orchestrator:
             self.event(trigger, "stop", self.stop_reason, rnd, after=after)
             return False
         f = self._fleet
-        units = cost.change_cost(before, after, f.cost, 1.0, f.ga)
+        units = cost.change_cost(before, after, self._weights, 1.0, f.ga)
         change = None if self.exchange_mb is None else units * self.exchange_mb
         old_round, new_round = self.per_round(before), self.per_round(after)
         try:
@@ -286,15 +289,15 @@ class Orchestrator:
         self.assignment = dict(after)
         self.model = model
         self._misses.clear()  # moved and new services get their start-up grace again
-        unit_old = cost.round_cost(before, f.cost, f.ga, self.settings.local_rounds, 1.0)
-        unit_new = cost.round_cost(after, f.cost, f.ga, self.settings.local_rounds, 1.0)
+        unit_old = cost.round_cost(before, self._weights, f.ga, self.settings.local_rounds, 1.0)
+        unit_new = cost.round_cost(after, self._weights, f.ga, self.settings.local_rounds, 1.0)
         if (self.settings.verify and revertible and applied > 0
                 and check.needs_check(unit_old, unit_new, speculative)):
             xb = self.exchange_mb or 1.0
             self.pending = check.Pending(
                 change_round=applied, before=before, after=dict(after), cost_before=unit_old * xb,
                 cost_after=unit_new * xb,
-                revert_cost=cost.change_cost(after, before, f.cost, xb, f.ga),
+                revert_cost=cost.change_cost(after, before, self._weights, xb, f.ga),
                 window=self.settings.window, reason=trigger, speculative=speculative)
         why = reason or (f"{model}: {self._diff(before, after)}"
                          + ("; verify after " f"{self.settings.window} global rounds"
@@ -311,9 +314,10 @@ class Orchestrator:
         if self.exchange_mb is not None:  # price the options in measured units now
             f = self._fleet
             lr = self.settings.local_rounds
-            p.cost_before = cost.round_cost(p.before, f.cost, f.ga, lr, self.exchange_mb)
-            p.cost_after = cost.round_cost(p.after, f.cost, f.ga, lr, self.exchange_mb)
-            p.revert_cost = cost.change_cost(p.after, p.before, f.cost, self.exchange_mb, f.ga)
+            p.cost_before = cost.round_cost(p.before, self._weights, f.ga, lr, self.exchange_mb)
+            p.cost_after = cost.round_cost(p.after, self._weights, f.ga, lr, self.exchange_mb)
+            p.revert_cost = cost.change_cost(p.after, p.before, self._weights, self.exchange_mb,
+                                             f.ga)
         remaining = self.costs()["remaining"]
         if not check.due(p, rnd, remaining):
             return

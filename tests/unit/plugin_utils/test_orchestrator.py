@@ -128,6 +128,19 @@ def test_a_client_added_to_the_inventory_is_placed_at_the_next_iteration():
     assert ev["plan_after"]["c9"] == "la1" and ev["change_cost"] > 0
 
 
+def test_a_client_removed_from_the_inventory_leaves_the_plan_unchecked():
+    w = World(global_rounds=20)
+    o = start(w)
+    o.iteration += 1
+    o.decide(o.observe())
+    w.inventory.remove("c8")
+    o.iteration += 1
+    o.decide(o.observe())
+    assignment, _ = w.applied[-1]
+    assert "c8" not in assignment and len(assignment) == 7
+    assert w.events[-1]["trigger"] == "leave: c8" and o.pending is None
+
+
 def test_a_dead_la_has_its_clients_moved_to_the_other_la():
     w = World(global_rounds=20)
     o = start(w)
