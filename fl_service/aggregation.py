@@ -7,11 +7,13 @@ after the last update is small. Both return arrays of the input dtypes.
 
 Speed: averaging is bound by memory bandwidth. The kernel walks each tensor in chunks that fit
 in the L2 cache and, inside a chunk, over all updates with BLAS axpy (y += a*x, one fused pass),
-so each input byte is read from memory once and the running sum stays in cache. On the build
-machine this reads updates faster than np.copyto copies them, ~2.7x Flower's aggregate()
-(bench/aggregate.py). The accumulator keeps up to `batch` pending updates (references, no copies)
-and folds them together for the same reason. Updates may be read-only arrays (np.frombuffer
-views of received bytes): the transport can hand over ArrayRecord's arrays as they are.
+so each input byte is read from memory once and the running sum stays in cache. For 50
+ResNet-18-sized updates this reads faster than np.copyto copies (1.4-1.65x) and is 2.6-3.3x
+Flower's aggregate() (bench/aggregate.py; the build machine and a 16-core Xeon).
+The accumulator keeps up to `batch` pending updates (references, no copies) and folds them
+together for the same reason (on the Xeon, batch 8 read 9.5 GB/s, batch 1 6.2 GB/s).
+Updates may be read-only arrays (np.frombuffer views of received bytes): the transport can
+hand over ArrayRecord's arrays as they are.
 float32 tensors are summed in float32 (compared to float64 in tests); all others (float64,
 float16, and integers like BatchNorm's `num_batches_tracked`) in float64, then cast back
 (integers rounded).
