@@ -24,11 +24,11 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=dict(
+        args = self.validate_argument_spec(argument_spec=dict(
             pipeline=dict(type="str"),
             pipeline_dir=dict(type="path"),
             dest=dict(type="path"),
-        ))
+        ))[1]
         try:
             topo = topology.build(*inventory_view(task_vars), pipeline=args["pipeline"])
         except topology.TopologyError as e:

@@ -79,7 +79,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        _, args = self.validate_argument_spec(argument_spec=SPEC)
+        args = self.validate_argument_spec(argument_spec=SPEC)[1]
         self._vars = task_vars
         self._args = args
         self._sources = args["inventory"] or list(task_vars.get("ansible_inventory_sources", []))

@@ -10,21 +10,22 @@ timeout, not one per service.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+
+from ansible.module_utils.urls import ConnectionError as UrlConnectionError
+from ansible.module_utils.urls import open_url
 
 
 def fetch(url, timeout=3.0):
     """The /status document at ``url`` with ``reachable: true``, or ``reachable: false`` and why."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
-            doc = json.loads(resp.read().decode("utf-8"))
+        resp = open_url(url, timeout=timeout)
+        doc = json.loads(resp.read().decode("utf-8"))
         if not isinstance(doc, dict):
             return {"reachable": False, "error": "not a JSON object"}
         doc["reachable"] = True
         return doc
-    except (OSError, ValueError, urllib.error.URLError) as e:
+    except (OSError, ValueError, UrlConnectionError) as e:  # URLError, HTTPError: OSErrors
         return {"reachable": False, "error": str(getattr(e, "reason", e))}
 
 

@@ -17,13 +17,17 @@ description:
     reason; the module itself does not fail for it, since a dead service is information here.
   - Reads only; changes nothing.
 author:
-  - hfl.orchestration developers
+  - hfl.orchestration developers (@hfl)
 attributes:
   check_mode:
+    description: Can run in check_mode and predict changed without changing the target.
     support: full
   diff_mode:
+    description: Would show what changed in diff mode.
     support: none
   platform:
+    description: Target OS/families that can be operated against.
+    support: full
     platforms: posix
 options:
   services:

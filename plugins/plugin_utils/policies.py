@@ -169,7 +169,7 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
     cost = _cost_matrix(fleet, clients)
     counts = np.zeros((len(las), width))
     xlx = np.zeros((len(las), width))  # n ln n per LA and class
-    n_tot, s_tot, t_tot, kl = (np.zeros(len(las)) for _ in range(4))
+    n_tot, s_tot, t_tot, kl = np.zeros((4, len(las)))
     seeded = np.zeros(len(las), dtype=bool)
 
     def add(i: int, j: int) -> None:

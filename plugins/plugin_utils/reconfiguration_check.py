@@ -111,10 +111,8 @@ def evaluate(
         return Verdict("wait", f"{len(post)} global round(s) since the change; need 2")
 
     a_new, b_new, sd_new = fit_log(*zip(*post, strict=True))
-    if len(pre) >= 2:
-        _, b_old, _ = fit_log(*zip(*pre, strict=True))
-    else:
-        b_old = b_new  # nothing to tell the old slope by: only the rounds bought differ
+    # With nothing to tell the old slope by, only the rounds each option buys differ.
+    b_old = fit_log(*zip(*pre, strict=True))[1] if len(pre) >= 2 else b_new
     level = a_new + b_new * math.log(now + 1)
     fc = {"fit_after": {"a": a_new, "b": b_new, "sd": sd_new}, "b_before": b_old,
           "level_now": level}
