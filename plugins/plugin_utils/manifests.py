@@ -210,7 +210,10 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
 def _service_docs(ns, service, services_by_name, image, python, host_paths, pipeline):
     name = dns_name(service["name"])
     labels = _labels(pipeline, service)
-    config_text = _dump(cluster_config(service, services_by_name))
+    # Sorted keys: the same config gives the same bytes whatever order the plan's dict has
+    # (plan.json on disk is written sorted, the live plan is not).
+    config_text = yaml.safe_dump(cluster_config(service, services_by_name), sort_keys=True,
+                                 default_flow_style=False)
     docs = [{
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -2,6 +2,7 @@
 container executors, and the in-cluster addresses children use to reach their parents."""
 
 import copy
+import json
 from pathlib import Path
 
 import kubernetes_validate
@@ -204,3 +205,9 @@ def test_hfl_k3s_prunes_exactly_what_left_the_plan():
     assert [(o["kind"], o["name"]) for o in manifests.stale(in_cluster, after)] == [
         ("ConfigMap", "c4-config"), ("Deployment", "c4")]
     assert manifests.stale(in_cluster, before) == []
+
+
+def test_hfl_bytes_do_not_depend_on_key_order():
+    p = plan.make_plan(topology.build(*local_hfl()))
+    reordered = json.loads(json.dumps(p, sort_keys=True))
+    assert manifests.render(reordered) == manifests.render(p)

@@ -1,0 +1,147 @@
+"""site.yml with hfl_runtime: podman: 1 GA, 2 LAs, 4 clients on digits as pods played from the
+same manifests k3s applies. It trains to accuracy >= 0.90, a second run changes nothing and
+restarts no container, and reset.yml leaves no pod, container, volume or network behind.
+
+The image: the fleet image (Containerfile) needs a registry and a package index, which CI does
+not have. So the pods run a bare base image (a root of symlinks into /usr, imported in 0.1 s)
+and mount this machine's /usr, base Python and checkout read-only (hfl_image_host_paths), which
+the manifests render as hostPath volumes. podman runs from a private store and config under
+the test's tmp folder (scripts/podman-env.sh), removed at the end whatever happens."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import urllib.request
+import uuid
+
+import pytest
+import yaml
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests
+from hfl_helpers import ROOT, local_inventory, playbook
+
+pytestmark = [pytest.mark.integration, pytest.mark.podman]
+
+IMAGE = "localhost/hfl/hostroot:test"
+BASE_DIRS = ("usr", "etc", "tmp", "proc", "sys", "dev", "run", "var/tmp", "var/lib/hfl")
+USR_LINKS = ("bin", "lib", "lib64", "sbin")
+
+
+def podman_env(folder):
+    out = subprocess.run([str(ROOT / "scripts/podman-env.sh"), str(folder)], check=True,
+                         capture_output=True, text=True).stdout
+    return dict(pair.split("=", 1) for pair in out.split()[1:])
+
+
+def podman(env, *args, check=True):
+    return subprocess.run(["podman", *args], env=env, check=check, capture_output=True,
+                          text=True).stdout
+
+
+def import_base_image(env):
+    """An image whose root only points into /usr; the pods mount the host's /usr over it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d in BASE_DIRS:
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if "tmp" in d else 0o755
+            tar.addfile(info)
+        for link in USR_LINKS:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, f"usr/{link}"
+            tar.addfile(info)
+    subprocess.run(["podman", "import", "-c", "ENV PATH=/usr/local/bin:/usr/bin:/bin", "-",
+                    IMAGE], input=buf.getvalue(), env=env, check=True, capture_output=True)
+
+
+def host_paths():
+    paths = ["/usr", str(ROOT)]
+    if not sys.base_prefix.startswith("/usr"):
+        paths.append(sys.base_prefix)  # the venv's base interpreter, e.g. under ~/.pyenv
+    return paths
+
+
+def status(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
+        return json.load(r)
+
+
+def started_at(env):
+    ids = podman(env, "ps", "-q", "--filter", "label=app.kubernetes.io/managed-by="
+                 "hfl.orchestration").split()
+    return {line for line in podman(env, "inspect", "--format",
+                                    "{{.Name}} {{.State.StartedAt}}", *ids).splitlines()}
+
+
+@pytest.fixture
+def podman_store(tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    env = {**os.environ, **podman_env(tmp_path / "podman")}
+    try:
+        yield env
+    finally:
+        # Everything lives in this private store; remove all of it, also after a failure.
+        podman(env, "pod", "rm", "--force", "--all", check=False)
+        podman(env, "system", "reset", "--force", check=False)
+        shutil.rmtree(tmp_path / "podman", ignore_errors=True)
+
+
+def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, tmp_path):
+    env = podman_store
+    import_base_image(env)
+    pipeline = f"pm{uuid.uuid4().hex[:6]}"
+
+    def edit(tiers, cluster_vars):
+        cluster_vars.update(hfl_runtime="podman", hfl_pipeline=pipeline, hfl_global_rounds=6,
+                            hfl_min_participants=2, hfl_image=IMAGE,
+                            hfl_image_python=str(ROOT / ".venv/bin/python"),
+                            hfl_image_host_paths=host_paths(),
+                            hfl_podman_dir=str(tmp_path / "units"))
+
+    inventory = local_inventory(tmp_path, edit)
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["hfl_cluster"]["children"]
+    ports = {h: v["hfl_port"] for tier in hosts.values() for h, v in tier["hosts"].items()}
+    pipeline_dir = tmp_path / "controller" / pipeline
+
+    first = playbook("site.yml", inventory, env=env)
+    assert first.rc == 0, first.output[-4000:]
+    ga = status(ports["ga"])
+    assert ga["state"] == "finished" and ga["global_round"] == 6
+    assert ga["last_metrics"]["accuracy"] >= 0.90
+    # Children found their parents by Service name on the pipeline's network.
+    assert sorted(ga["children"]) == ["la1", "la2"]
+    assert sorted(status(ports["la1"])["children"]) == ["c1", "c2"]
+    results = [json.loads(x) for x in (pipeline_dir / "results/ga.jsonl").read_text().split("\n")
+               if x]
+    assert results[-1]["accuracy"] >= 0.90
+    assert {p.stem for p in (pipeline_dir / "results").glob("*.jsonl")} == set(ports)
+
+    # One rendering: manifests.yaml is the plan rendered once, and every document podman
+    # played is one of its documents, byte for byte (what k3s applies is that same text).
+    plan = json.loads((pipeline_dir / "plan.json").read_text())
+    rendered = (pipeline_dir / "manifests.yaml").read_text()
+    assert rendered == manifests.render(plan, image=IMAGE, python=str(ROOT / ".venv/bin/python"),
+                                        host_paths=host_paths())
+    documents = {raw for raw, _ in manifests.documents(rendered)}
+    units = sorted((tmp_path / "units" / pipeline).glob("*.yaml"))
+    assert [u.stem for u in units] == sorted(ports)
+    for unit in units:
+        assert {raw for raw, _ in manifests.documents(unit.read_text())} <= documents, unit.name
+
+    before = started_at(env)
+    assert len(before) == 7
+    second = playbook("site.yml", inventory, env=env)
+    assert second.rc == 0, second.output[-4000:]
+    assert second.changed == 0, second.output[-4000:]
+    assert started_at(env) == before
+
+    reset = playbook("reset.yml", inventory, env=env)
+    assert reset.rc == 0, reset.output[-4000:]
+    assert podman(env, "ps", "--all", "--quiet") == ""
+    assert podman(env, "pod", "ps", "--quiet") == ""
+    assert podman(env, "volume", "ls", "--quiet") == ""
+    assert f"hfl-{pipeline}" not in podman(env, "network", "ls", "--format", "{{.Name}}")
