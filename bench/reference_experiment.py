@@ -101,12 +101,15 @@ def run(name, partitioner, check, budget):
              "-e", f"hfl_check={str(check).lower()}", "-e", "hfl_orchestrate_poll_s=1",
              "-e", "hfl_orchestrate_max_wall_s=1500"],
             cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while ga_round(ports["ga"])[0] <= 10:
+        events = folder / "controller" / "reference" / "events.jsonl"
+        # The join must be a change of its own: after round 10 and once the loop is watching.
+        while ga_round(ports["ga"])[0] <= 10 or not events.exists():
+            if orch.poll() is not None:
+                raise RuntimeError("the orchestrator ended before the join")
             time.sleep(0.5)
         write_inventory(folder, ports, partitioner, budget, joined=True)
         orch.wait(1600)
-        state = folder / "controller" / "reference"
-        events = [json.loads(x) for x in (state / "events.jsonl").read_text().splitlines()]
+        events = [json.loads(x) for x in events.read_text().splitlines()]
         ga = [json.loads(x) for x in
               (folder / "hosts" / "reference" / "ga" / "state" / "results.jsonl")
               .read_text().splitlines()]
