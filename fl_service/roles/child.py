@@ -46,8 +46,8 @@ class ParentSide:
         with self._lock:
             return self.link
 
-    def _pause(self, seconds: float | None) -> None:
-        """Sleep up to `seconds` (None: forever), cut short by a parent switch."""
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`, cut short by a parent switch."""
         with self._switched:
             self._switched.wait_for(lambda: self._generation != self._polled_generation, seconds)
 
@@ -76,10 +76,6 @@ class ParentSide:
             return got
         header, arrays = got
         return link, header, arrays
-
-    def wait_for_switch(self) -> None:
-        """Block until the parent changes (after the pipeline finished)."""
-        self._pause(None)
 
     def send_update(self, link: ParentLink, header: dict[str, Any],
                     arrays: list[np.ndarray]) -> None:

@@ -46,9 +46,9 @@ class Client(Service):
             if got is None:
                 continue
             if got == FINISHED:
+                # Stay up; polls go on quietly in case the parent moves on or we are moved.
                 self.state.set(state="finished")
-                self.parent.wait_for_switch()
-                self.state.set(state="waiting")
+                after = FINISHED
                 continue
             link, header, arrays = got
             after = header["task_id"]

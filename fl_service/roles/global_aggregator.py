@@ -1,8 +1,15 @@
-"""GA: owns the global model and round counter, evaluates centrally, checkpoints every round."""
+"""GA: owns the global model and round counter, evaluates centrally, checkpoints every round.
+
+The number of global rounds can be changed while it runs (`/control {"global_rounds": N}`, the
+orchestrator's budget stop): it is kept in <state_dir>/global_rounds.json so a GA restarted with
+the same config keeps it. A finished GA given more rounds goes on training.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -15,6 +22,7 @@ from fl_service.task_loader import load_task
 from fl_service.transport import aggregator_routes
 
 log = logging.getLogger("fl_service.ga")
+ROUNDS_OVERRIDE = "global_rounds.json"
 
 
 class GlobalAggregator(Service):
@@ -24,45 +32,100 @@ class GlobalAggregator(Service):
         self.device = pick_device(cfg)
         super().__init__(cfg)
         self.coordinator = RoundCoordinator(cfg["name"], self.state)
+        self._rounds = threading.Condition()
+        self._done = 0  # completed global rounds
+        self._round_open = False
+        self.state.set(global_rounds=self._load_override())
+
+    # ------------------------------------------------------------ global_rounds control
+    def _load_override(self) -> int:
+        path = self.state_dir / ROUNDS_OVERRIDE
+        if path.exists():
+            saved = json.loads(path.read_text())
+            # Only while the config still says what it said when the override was made.
+            if saved.get("config_global_rounds") == self.cfg["global_rounds"]:
+                return int(saved["global_rounds"])
+        return self.cfg["global_rounds"]
+
+    def _target(self) -> int:
+        return int(self.state.global_rounds)
+
+    def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        wanted = message.get("global_rounds")
+        if set(message) != {"global_rounds"} or isinstance(wanted, bool) or not isinstance(
+            wanted, int
+        ) or wanted < 1:
+            raise ValueError('expected {"global_rounds": N} with an integer N >= 1')
+        with self._rounds:
+            # A round already sent out is finished, never cut short.
+            in_force = max(wanted, self._done + (1 if self._round_open else 0))
+            self.state.set(global_rounds=in_force)
+            (self.state_dir / ROUNDS_OVERRIDE).write_text(json.dumps(
+                {"global_rounds": in_force, "config_global_rounds": self.cfg["global_rounds"]}))
+            self._rounds.notify_all()
+        self.coordinator.wake()
+        log.info("%s: global_rounds set to %d", self.cfg["name"], in_force)
+        return {"global_rounds": in_force}
 
     def routes(self):  # noqa: ANN201
         return {**super().routes(), **aggregator_routes(self.coordinator)}
 
+    # ------------------------------------------------------------ rounds
     def run(self) -> None:
         cfg = self.cfg
         model = self.task.load_model(cfg)
         _, test_set = self.task.load_data(cfg)
         test_loader = make_loader(test_set, cfg, shuffle=False)
         history: list[dict[str, Any]] = []
-        done = 0
         checkpoint = load_checkpoint(self.state_dir)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
-            done, history = int(checkpoint["round"]), list(checkpoint["history"])
-            log.info("%s: resuming after global round %d", cfg["name"], done)
+            self._done, history = int(checkpoint["round"]), list(checkpoint["history"])
+            log.info("%s: resuming after global round %d", cfg["name"], self._done)
         if history:
             last = history[-1]
             self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]})
-        self.state.set(global_round=done)
         arrays = model_arrays(model)
-        for global_round in range(done + 1, cfg["global_rounds"] + 1):
-            arrays = self._global_round(global_round, arrays, model, test_loader, history)
-        self.state.set(final_model=str(save_final_model(self.state_dir, model.state_dict())))
+        while True:
+            if self._done < self._target():
+                self.state.set(global_round=self._done + 1)
+                result = self._global_round(self._done + 1, arrays, model, test_loader, history)
+                if result is not None:
+                    arrays = result
+                continue
+            self._finish(model)
+            with self._rounds:
+                self._rounds.wait_for(lambda: self._done < self._target())
+            self.coordinator.set_finished(False)
+            log.info("%s: going on to global round %d", cfg["name"], self._target())
+
+    def _finish(self, model) -> None:  # noqa: ANN001
+        path = save_final_model(self.state_dir, model.state_dict())
         self.coordinator.set_finished(True)
-        self.state.set(state="finished")
-        log.info("%s: finished %d global rounds", cfg["name"], cfg["global_rounds"])
+        self.state.set(state="finished", final_model=str(path), global_round=self._done)
+        log.info("%s: finished after %d global rounds", self.cfg["name"], self._done)
 
     def _global_round(self, global_round, arrays, model, test_loader, history):  # noqa: ANN001, ANN202
+        """Run `global_round` until enough children answer (never lose a round); the new model,
+        or None when global_rounds was lowered while no round was out."""
         cfg = self.cfg
-        while True:  # the same round again until enough children answer: never lose a round
-            self.state.set(state="waiting", global_round=global_round)
-            self.coordinator.wait_for_children(cfg["min_participants"])
+        stopped = lambda: self._done >= self._target()  # noqa: E731
+        while True:
+            self.state.set(state="waiting")
+            if not self.coordinator.wait_for_children(cfg["min_participants"], give_up=stopped):
+                return None
+            with self._rounds:
+                if stopped():
+                    return None
+                self._round_open = True
             self.state.set(state="training")
             started = time.perf_counter()
             result = self.coordinator.run_round(global_round, 0, arrays,
                                                 cfg["min_participants"], cfg["round_timeout_s"])
             if result is not None:
                 break
+            with self._rounds:
+                self._round_open = False
             log.warning("%s: global round %d had fewer than %d answers; running it again",
                         cfg["name"], global_round, cfg["min_participants"])
         wall = time.perf_counter() - started
@@ -75,14 +138,17 @@ class GlobalAggregator(Service):
                  "participants": result.participants, "num_examples": result.num_examples}
         history.append(entry)
         save_checkpoint(self.state_dir, model.state_dict(), global_round, history)
+        with self._rounds:
+            self._done, self._round_open = global_round, False
         self.state.set(last_metrics={"accuracy": accuracy, "loss": loss},
                        num_examples=result.num_examples, histogram=result.histogram,
                        round_wall_s=wall, train_time_s=result.train_time_s,
                        aggregation_time_s=result.aggregation_time_s)
         self.results.write(
             **entry, local_round=0, train_time_s=result.train_time_s,
-            aggregation_time_s=result.aggregation_time_s, serialization_time_s=
-            result.serialization_time_s, eval_time_s=eval_time, wall_time_s=wall,
+            aggregation_time_s=result.aggregation_time_s,
+            serialization_time_s=result.serialization_time_s, eval_time_s=eval_time,
+            wall_time_s=wall,
         )
         log.info("%s: global round %d accuracy %.4f loss %.4f (%s)", cfg["name"], global_round,
                  accuracy, loss, ", ".join(result.participants))

@@ -41,10 +41,9 @@ class LocalAggregator(Service):
             if got == FINISHED:
                 self.coordinator.set_finished(True)  # our clients finish too
                 self.state.set(state="finished")
-                self.parent.wait_for_switch()
-                self.coordinator.set_finished(False)
-                self.state.set(state="waiting")
+                after = FINISHED
                 continue
+            self.coordinator.set_finished(False)
             link, header, arrays = got
             after = header["task_id"]
             result, train_time = self._local_rounds(header["global_round"], arrays)

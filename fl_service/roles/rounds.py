@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +88,9 @@ class RoundCoordinator:
                 self._children[child] = ""
                 self._cond.notify_all()
             while True:
-                if self._finished:
+                # A child that was told (after == FINISHED) waits like any poll: the pipeline may
+                # go on (a GA given more global_rounds), and then it gets the next task.
+                if self._finished and after != FINISHED:
                     return FINISHED
                 r = self._round
                 if r and child in r.selected and child not in r.responded and r.task_id != after:
@@ -145,11 +148,21 @@ class RoundCoordinator:
             self._finished = finished
             self._cond.notify_all()
 
-    def wait_for_children(self, count: int, timeout: float | None = None) -> bool:
-        """Wait until at least `count` children are connected (forever when timeout is None)."""
+    def wake(self) -> None:
+        """Make waiters re-check their conditions (e.g. wait_for_children's `give_up`)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_children(
+        self, count: int, timeout: float | None = None, give_up: Callable[[], bool] = bool
+    ) -> bool:
+        """Wait until at least `count` children are connected (forever when timeout is None);
+        False at the timeout or once `give_up()` is true (checked whenever woken)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while len(self._children) < count:
+                if give_up():
+                    return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False

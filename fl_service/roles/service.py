@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,11 @@ def model_arrays(model: nn.Module) -> list[np.ndarray]:
 
 
 def load_arrays(model: nn.Module, arrays: list[np.ndarray]) -> None:
+    """Copy `arrays` into the model's tensors (read-only views from a frame are fine)."""
     keys = list(model.state_dict())
-    model.load_state_dict(
-        {k: torch.from_numpy(np.require(a, requirements="W")) for k, a in zip(keys, arrays,
-                                                                               strict=True)}
-    )
+    with warnings.catch_warnings():
+        # torch warns that a tensor over a read-only array must not be written to; it is only
+        # read, by load_state_dict's copy into the model's own tensors.
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = {k: torch.from_numpy(a) for k, a in zip(keys, arrays, strict=True)}
+    model.load_state_dict(tensors)
