@@ -197,6 +197,10 @@ def accepted_reply(child: str) -> Reply:
     return _json_reply(200, {"accepted": True}, child)
 
 
+def abstained_reply(child: str) -> Reply:
+    return _json_reply(200, {"accepted": False, "reason": "abstained"}, child)
+
+
 def rejected_reply(child: str, reason: str, stale: bool = False) -> Reply:
     # 409: the task is no longer open (not the child's fault); 422: the update itself is bad.
     return _json_reply(409 if stale else 422, {"accepted": False, "reason": reason}, child)

@@ -78,7 +78,7 @@ class ParentSide:
         return link, header, arrays
 
     def send_update(self, link: ParentLink, header: dict[str, Any],
-                    arrays: list[np.ndarray]) -> None:
+                    arrays: list[np.ndarray] | None) -> None:
         if link is not self.current():
             log.info("%s: parent changed during the task; update dropped", self.cfg["name"])
             return

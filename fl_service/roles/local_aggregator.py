@@ -50,6 +50,7 @@ class LocalAggregator(Service):
             if result is None:
                 log.warning("%s: no client answered in global round %s; nothing to report",
                             self.cfg["name"], header["global_round"])
+                self.parent.send_update(link, {"task_id": after, "abstain": True}, None)
             else:
                 update = {"task_id": after, "num_examples": result.num_examples,
                           "histogram": result.histogram, "train_time_s": train_time,

@@ -23,7 +23,13 @@ import numpy as np
 from fl_service.aggregation import FedAvgAccumulator, validate_update
 from fl_service.http_server import Reply
 from fl_service.metrics import ServiceState
-from fl_service.transport import FINISHED, accepted_reply, encode_task, rejected_reply
+from fl_service.transport import (
+    FINISHED,
+    abstained_reply,
+    accepted_reply,
+    encode_task,
+    rejected_reply,
+)
 
 log = logging.getLogger("fl_service.rounds")
 
@@ -110,6 +116,12 @@ class RoundCoordinator:
             or child in r.responded
         ):
             return rejected_reply(child, "no open task for this update", stale=True)
+        if header.get("abstain") is True and arrays is None:
+            # An LA none of whose clients answered: the round need not wait for it.
+            with self._cond:
+                r.responded.add(child)
+                self._cond.notify_all()
+            return abstained_reply(child)
         num_examples = header.get("num_examples")
         reason = validate_update(r.reference, arrays or [], num_examples)
         if reason is None:

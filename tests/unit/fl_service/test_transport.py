@@ -212,3 +212,20 @@ def test_tls_parent_is_verified_with_the_configured_ca(tmp_path: Path) -> None:
             doubting.join()
     finally:
         agg.close()
+
+
+def test_an_abstaining_child_is_not_waited_for(aggregator: Aggregator) -> None:
+    la0 = ParentLink(("127.0.0.1", aggregator.port), "la0", "local-aggregator", LinkCounters())
+    la1 = ParentLink(("127.0.0.1", aggregator.port), "la1", "local-aggregator", LinkCounters())
+    la0.join()
+    la1.join()
+    results: list = []
+    thread = run_round(aggregator, results)
+    header, arrays = la0.poll_task("")
+    assert la1.poll_task("")[0]["task_id"] == header["task_id"]
+    assert la1.send_update({"task_id": header["task_id"], "abstain": True}, None) == (
+        False, "abstained")
+    la0.send_update({"task_id": header["task_id"], "num_examples": 3}, arrays)
+    thread.join(10)
+    assert results[0].participants == ["la0"]
+    assert aggregator.state.rejected_updates == 0
