@@ -371,6 +371,9 @@ class Orchestrator:
                 # Only ever lowered: a GA that must be re-placed to learn it restarts once.
                 self.hooks.set_last_round(last)
                 self.last_round_sent = last
+                self.event("budget", "bound", f"the GA stops after global round {last}: "
+                           f"{remaining:.4g} left buys {last - rnd} round(s) of "
+                           f"{per_round:.4g}", rnd)
         return False
 
     def _stop(self, rnd: int, last: int, reason: str) -> bool:

@@ -213,7 +213,10 @@ def ga_takes_last_round(p):
 def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
     from ansible_collections.hfl.orchestration.plugins.plugin_utils import cost
 
-    budget = 700.0  # about 8 global rounds of this shape on digits (0.3 MB per exchange)
+    # About 55 global rounds of this shape on digits (0.31 MB per exchange, 87 per round): the
+    # loop attaches to the running pipeline and calibrates within the first ~20 (rounds here
+    # take about a second, an ansible-playbook start several).
+    budget = 4800.0
     p = pipeline_factory(edit_reference(rounds=1000, hfl_budget=budget))
     p.place()
     if not ga_takes_last_round(p):
@@ -223,6 +226,7 @@ def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
     assert p.orchestrator.wait(600) == 0, p.log.read_text()[-3000:]
     stop = p.events()[-1]
     assert stop["action"] == "stop" and stop["reason"].startswith("budget"), stop
+    assert any(e["action"] == "bound" for e in p.events())  # told ahead, not stopped late
     assert p.status("ga")["state"] == "finished"
     weights = {"la1": {"ga": 100}, "la2": {"ga": 100}, "c1": {"la1": 20, "la2": 60},
                "c2": {"la1": 20, "la2": 60}, "c3": {"la1": 60, "la2": 20},
@@ -232,7 +236,9 @@ def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
     spent = sum(per_round.values()) + sum(e.get("change_cost") or 0 for e in p.events())
     assert len(per_round) < 1000
     assert spent <= budget + max(per_round.values()), (spent, per_round)
-    assert spent >= budget - 2 * max(per_round.values()), (spent, per_round)
+    # Not far too early either: the bound rounds down, counts the round in progress as spent,
+    # and prices rounds from measurements that include partial ones.
+    assert spent >= budget - 3 * max(per_round.values()), (spent, per_round)
 
 
 def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
