@@ -39,16 +39,16 @@ def free_ports(n):
     return ports
 
 
-def client(near, port):
-    far = "la2" if near == "la1" else "la1"
-    return {"hfl_role": "client", "hfl_port": port, "hfl_link_cost": {near: 20, far: 60}}
+def client(i, port):
+    near, far = ("la1", "la2") if i % 2 else ("la2", "la1")
+    # Explicit partitions: "c10" sorts before "c2", so implicit ids would shift (and restart)
+    # every client when the two newcomers join.
+    return {"hfl_role": "client", "hfl_port": port, "hfl_partition_id": i - 1,
+            "hfl_link_cost": {near: 20, far: 60}}
 
 
 def write_inventory(folder, ports, partitioner, budget, joined):
-    edge = {f"c{i}": client("la1" if i % 2 else "la2", ports[f"c{i}"]) for i in range(1, 9)}
-    if joined:
-        edge.update({f"c{i}": client("la1" if i % 2 else "la2", ports[f"c{i}"])
-                     for i in (9, 10)})
+    edge = {f"c{i}": client(i, ports[f"c{i}"]) for i in range(1, 11 if joined else 9)}
     cv = {"ansible_connection": "local", "ansible_python_interpreter": str(BIN / "python"),
           "hfl_pipeline": "reference", "hfl_runtime": "process", "hfl_dataset": "digits",
           "hfl_partitioner": partitioner, "hfl_classes_per_client": 2,

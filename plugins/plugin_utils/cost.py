@@ -24,32 +24,49 @@ def link_bytes(counters: dict) -> int:
 class Ledger:
     """Cumulative cost of a pipeline: measured traffic plus booked change costs.
 
-    `observe` takes each service's cumulative /status `links` and books only the growth since the
-    last observation, so a service that restarts (its counters start again at 0) or dies (its
-    last figure stays booked) never makes the total go down or count twice.
+    Both ends of a link count its bytes. Each end's counter is stitched across restarts (a
+    counter that went backwards started again at 0: what it had counted is kept), the link's
+    bytes are the larger of its two ends' stitched totals, and only their growth is booked. So a
+    client restarted between two observations loses nothing its LA counted, a service that
+    answers again after a gap adds only new bytes, a dead service's last figure stays booked,
+    and the total never goes down or counts a byte twice.
     """
 
     measured: float = 0.0
     booked: float = 0.0
-    _last: dict[tuple[str, str], int] = field(default_factory=dict)
+    _ends: dict[tuple[str, str, str], tuple[int, int]] = field(default_factory=dict)
+    _links: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
         return self.measured + self.booked
 
+    def _stitched(self, key: tuple[str, str, str], counters: dict | None) -> int:
+        """Bytes this end has counted over all its restarts (0 if it never answered)."""
+        last, lost = self._ends.get(key, (0, 0))
+        if counters is not None:
+            now = link_bytes(counters)
+            if now < last:  # restarted since last seen
+                lost += last
+            last = now
+            self._ends[key] = (last, lost)
+        return last + lost
+
     def observe(self, statuses: dict[str, dict], weights: dict[str, dict[str, float]]) -> float:
         """Book link growth seen in `statuses`; return the cost added."""
         added = 0.0
-        for child, st in statuses.items():
-            for peer, counters in (st.get("links") or {}).items():
-                w = weights.get(child, {}).get(peer)
-                if w is None:  # not an uplink of `child` (e.g. an LA's link to its client)
+        for child, parents in weights.items():
+            at_child = (statuses.get(child) or {}).get("links") or {}
+            for parent, w in parents.items():
+                at_parent = (statuses.get(parent) or {}).get("links") or {}
+                if parent not in at_child and child not in at_parent:
                     continue
-                now = link_bytes(counters)
-                before = self._last.get((child, peer), 0)
-                grown = now - before if now >= before else now
-                self._last[(child, peer)] = now
-                added += grown / MB * w
+                total = max(self._stitched(("child", child, parent), at_child.get(parent)),
+                            self._stitched(("parent", child, parent), at_parent.get(child)))
+                grown = total - self._links.get((child, parent), 0)
+                if grown > 0:
+                    self._links[(child, parent)] = total
+                    added += grown / MB * w
         self.measured += added
         return added
 

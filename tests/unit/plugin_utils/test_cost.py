@@ -35,6 +35,18 @@ def test_ledger_books_growth_only_and_survives_a_restart():
     assert led.measured == pytest.approx(80)
 
 
+def test_a_client_restart_between_observations_loses_nothing_its_la_counted():
+    led = cost.Ledger()
+    led.observe({"c1": status(la1=(MB, 0)), "la1": status(c1=(0, MB))}, W)
+    # c1 sent 4 MB more, then restarted and sent 1 MB: its own counter says 1, la1's says 5.
+    led.observe({"c1": status(la1=(MB, 0)), "la1": status(c1=(0, 6 * MB))}, W)
+    assert led.measured == pytest.approx(6 * 20)
+    # la1 was unreachable once; when it answers again its counter holds history already booked.
+    led.observe({"c1": status(la1=(2 * MB, 0))}, W)
+    led.observe({"c1": status(la1=(3 * MB, 0)), "la1": status(c1=(0, 8 * MB))}, W)
+    assert led.measured == pytest.approx(8 * 20)
+
+
 def test_booked_change_costs_add_to_the_total():
     led = cost.Ledger()
     led.book(33)
