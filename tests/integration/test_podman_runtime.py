@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
 import uuid
 
@@ -90,7 +91,8 @@ def podman_store(tmp_path):
         shutil.rmtree(tmp_path / "podman", ignore_errors=True)
 
 
-def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, tmp_path):
+def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, tmp_path,
+                                                                  record_property):
     env = podman_store
     import_base_image(env)
     pipeline = f"pm{uuid.uuid4().hex[:6]}"
@@ -107,7 +109,9 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     ports = {h: v["hfl_port"] for tier in hosts.values() for h, v in tier["hosts"].items()}
     pipeline_dir = tmp_path / "controller" / pipeline
 
+    t0 = time.monotonic()
     first = playbook("site.yml", inventory, env=env)
+    t1 = time.monotonic()
     assert first.rc == 0, first.output[-4000:]
     ga = status(ports["ga"])
     assert ga["state"] == "finished" and ga["global_round"] == 6
@@ -134,12 +138,20 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
 
     before = started_at(env)
     assert len(before) == 7
+    t2 = time.monotonic()
     second = playbook("site.yml", inventory, env=env)
+    t3 = time.monotonic()
     assert second.rc == 0, second.output[-4000:]
     assert second.changed == 0, second.output[-4000:]
     assert started_at(env) == before
 
     reset = playbook("reset.yml", inventory, env=env)
+    t4 = time.monotonic()
+    for phase, seconds in (("first_site_s", t1 - t0), ("second_site_s", t3 - t2),
+                           ("reset_s", t4 - t3)):
+        record_property(phase, round(seconds, 1))
+    print(f"podman site.yml: first {t1 - t0:.0f} s (placement + 6 rounds), second "
+          f"{t3 - t2:.0f} s, reset {t4 - t3:.0f} s")
     assert reset.rc == 0, reset.output[-4000:]
     assert podman(env, "ps", "--all", "--quiet") == ""
     assert podman(env, "pod", "ps", "--quiet") == ""
