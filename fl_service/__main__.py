@@ -8,8 +8,12 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from fl_service.config import ROLES, ConfigError, help_text, load_config
+
+if TYPE_CHECKING:
+    from fl_service.roles.service import Service
 
 EXIT_CONFIG = 2
 
@@ -27,7 +31,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _build(role: str, cfg: dict):  # noqa: ANN202
+def _build(role: str, cfg: dict) -> Service:
     # Imported here so a config error is reported before torch and Flower load.
     if role == "global-aggregator":
         from fl_service.roles.global_aggregator import GlobalAggregator
@@ -66,12 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fl_service: cannot serve on {cfg['bind_host']}:{cfg['port']}: {exc}",
               file=sys.stderr)
         return 1
-    service.run()
-    service.serve_until_stopped()
+    service.run()  # serves until SIGTERM: roles stay up in state `finished`, like a pod
     return 0
 
 
-def _reload(service) -> None:  # noqa: ANN001
+def _reload(service: Service) -> None:
     try:
         service.parent.reload()
     except (ConfigError, ValueError) as exc:

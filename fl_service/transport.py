@@ -5,8 +5,8 @@ Children talk to their aggregator over HTTP/1.1 with one persistent connection e
   GET  /fl/task?name=N&after=T  long-poll: a task frame, {"finished": true}, or 204
   POST /fl/update a frame with the child's result for one task
   POST /fl/leave  {name}
-A frame is a 4-byte big-endian header length, a JSON header, then the model as a Flower
-`ArrayRecord` serialized with Flower's own protobuf serde. Measured with flwr 1.42.0
+A frame is a 4-byte big-endian header length, a JSON header, then the model as the protobuf
+bytes of a Flower `ArrayRecord` (exactly what flwr.common.serde writes). Measured with flwr 1.42.0
 (bench/round_overhead.py); a long-polled task is answered the moment a round opens, so the
 protocol is push-like without Flower's 3 s polling. Bytes (request and response, headers
 included) are counted per peer name at both ends.

@@ -13,9 +13,14 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+from torch import nn
+from torch.utils.data import DataLoader
+
 from fl_service.checkpoint import load_checkpoint, save_checkpoint, save_final_model
 from fl_service.datasets import make_loader
 from fl_service.device import pick_device
+from fl_service.http_server import Route
 from fl_service.roles.rounds import RoundCoordinator
 from fl_service.roles.service import Service, load_arrays, model_arrays
 from fl_service.task_loader import load_task
@@ -50,6 +55,9 @@ class GlobalAggregator(Service):
     def _target(self) -> int:
         return int(self.state.global_rounds)
 
+    def _stopped(self) -> bool:
+        return self._done >= self._target()
+
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
         wanted = message.get("global_rounds")
         if set(message) != {"global_rounds"} or isinstance(wanted, bool) or not isinstance(
@@ -67,7 +75,7 @@ class GlobalAggregator(Service):
         log.info("%s: global_rounds set to %d", self.cfg["name"], in_force)
         return {"global_rounds": in_force}
 
-    def routes(self):  # noqa: ANN201
+    def routes(self) -> dict[tuple[str, str], Route]:
         return {**super().routes(), **aggregator_routes(self.coordinator)}
 
     # ------------------------------------------------------------ rounds
@@ -99,23 +107,27 @@ class GlobalAggregator(Service):
             self.coordinator.set_finished(False)
             log.info("%s: going on to global round %d", cfg["name"], self._target())
 
-    def _finish(self, model) -> None:  # noqa: ANN001
+    def _finish(self, model: nn.Module) -> None:
         path = save_final_model(self.state_dir, model.state_dict())
         self.coordinator.set_finished(True)
         self.state.set(state="finished", final_model=str(path), global_round=self._done)
         log.info("%s: finished after %d global rounds", self.cfg["name"], self._done)
 
-    def _global_round(self, global_round, arrays, model, test_loader, history):  # noqa: ANN001, ANN202
+    def _global_round(
+        self, global_round: int, arrays: list[np.ndarray], model: nn.Module,
+        test_loader: DataLoader, history: list[dict[str, Any]],
+    ) -> list[np.ndarray] | None:
         """Run `global_round` until enough children answer (never lose a round); the new model,
         or None when global_rounds was lowered while no round was out."""
         cfg = self.cfg
-        stopped = lambda: self._done >= self._target()  # noqa: E731
         while True:
             self.state.set(state="waiting")
-            if not self.coordinator.wait_for_children(cfg["min_participants"], give_up=stopped):
+            enough = self.coordinator.wait_for_children(cfg["min_participants"],
+                                                        give_up=self._stopped)
+            if not enough:
                 return None
             with self._rounds:
-                if stopped():
+                if self._stopped():
                     return None
                 self._round_open = True
             self.state.set(state="training")

@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+from fl_service.http_server import Route
 from fl_service.roles.child import ParentSide
 from fl_service.roles.rounds import RoundCoordinator, RoundResult
 from fl_service.roles.service import Service
@@ -25,7 +26,7 @@ class LocalAggregator(Service):
         self.coordinator = RoundCoordinator(cfg["name"], self.state)
         self.parent = ParentSide(cfg, self.state, self.links)
 
-    def routes(self):  # noqa: ANN201
+    def routes(self) -> dict[tuple[str, str], Route]:
         return {**super().routes(), **aggregator_routes(self.coordinator)}
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:

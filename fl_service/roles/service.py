@@ -63,11 +63,8 @@ class Service:
                  self.cfg["bind_host"], self.cfg["port"])
 
     def run(self) -> None:
+        """The role's loop; it never returns (the service stays up until SIGTERM)."""
         raise NotImplementedError
-
-    def serve_until_stopped(self) -> None:
-        """Like a Deployment's pod: stay up serving /status until SIGTERM."""
-        threading.Event().wait()
 
 
 def model_arrays(model: nn.Module) -> list[np.ndarray]:
