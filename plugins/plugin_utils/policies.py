@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODELS = ("min_comm_cost", "min_kld", "flat")
+TIE = 1e-12  # per unit of link cost: breaks min_kld ties towards cheap links, nothing else
 OBJECTIVES = ("max_accuracy", "min_cost")
 
 
@@ -167,6 +168,7 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
         cap = dict.fromkeys(las, math.ceil(1.5 * len(clients) / len(las)))
     room = np.array([cap[la] for la in las], dtype=float)
     cost = _cost_matrix(fleet, clients)
+    finite = np.isfinite(cost)
     counts = np.zeros((len(las), width))
     xlx = np.zeros((len(las), width))  # n ln n per LA and class
     n_tot, s_tot, t_tot, kl = np.zeros((4, len(las)))
@@ -189,7 +191,7 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
     order = sorted((i for i, c in enumerate(clients) if c not in out),
                    key=lambda i: (-sizes[i], clients[i]))
     for i in order:
-        usable = (room > 0) & np.isfinite(cost[i])
+        usable = (room > 0) & finite[i]
         if not usable.any():
             out[clients[i]] = _overflow(fleet, clients[i])
             continue
@@ -201,8 +203,8 @@ def min_kld(fleet: Fleet) -> dict[str, str]:
             s_new = s_tot + (_xlogx(counts[:, sup] + mat[i, sup]) - xlx[:, sup]).sum(axis=1)
             n_new = n_tot + sizes[i]
             kl_new = (s_new - t_tot - t_client[i]) / n_new - np.log(n_new)
-            delta = np.where(usable, np.round(kl_new - kl, 12), math.inf)
-            j = int(np.lexsort((cost[i], delta))[0])
+            # Ties (equal KL change, to float noise) go to the cheaper link.
+            j = int(np.argmin(np.where(usable, kl_new - kl + TIE * cost[i], math.inf)))
         add(i, j)
         out[clients[i]] = las[j]
     return dict(sorted(out.items()))
