@@ -309,7 +309,7 @@ def stale(objects, text):
     """The cluster ``objects`` (as k8s_info lists them) that ``render``'s ``text`` no longer has,
     as (apiVersion, kind, namespace, name) dicts: what the k3s executor prunes."""
     wanted = {(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
-              for _, doc in documents(text)}
+              for doc in (pair[1] for pair in documents(text))}
     gone = []
     for obj in objects:
         meta = obj["metadata"]
