@@ -126,7 +126,8 @@ def run(name, partitioner, check, budget):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=float, default=12000.0)
+    # Enough for ~150 rounds: the join (placed in ~40 rounds here) has rounds left to be judged.
+    ap.add_argument("--budget", type=float, default=25000.0)
     ap.add_argument("--runs", default="iid-on,iid-off,skew-on,skew-off")
     args = ap.parse_args()
     out = []
