@@ -1,6 +1,7 @@
 """site.yml with hfl_runtime: podman: 1 GA, 2 LAs, 4 clients on digits as pods played from the
 same manifests k3s applies. It trains to accuracy >= 0.90, a second run changes nothing and
-restarts no container, and reset.yml leaves no pod, container, volume or network behind.
+restarts no container, a GA pod that dies resumes from its checkpoint volume when placed again,
+and reset.yml leaves no pod, container, volume or network behind.
 
 The image: the fleet image (Containerfile) needs a registry and a package index, which CI does
 not have. So the pods run a bare base image (a root of symlinks into /usr, imported in 0.1 s)
@@ -145,6 +146,17 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     assert second.changed == 0, second.output[-4000:]
     assert started_at(env) == before
 
+    # The GA's pod dies: the next placement plays it again, and from the claim's volume it
+    # resumes at its last checkpoint (round 6, finished) instead of starting over at round 0.
+    podman(env, "pod", "rm", "--force", "ga-pod-0")
+    replace = playbook("place.yml", inventory, env=env)
+    assert replace.rc == 0, replace.output[-4000:]
+    resumed = status(ports["ga"])
+    assert resumed["global_round"] == 6 and resumed["state"] == "finished"
+    restarted = {line.split()[0] for line in started_at(env) - before}
+    assert restarted == {"ga-pod-0-fl-service"}
+
+    t3 = time.monotonic()
     reset = playbook("reset.yml", inventory, env=env)
     t4 = time.monotonic()
     for phase, seconds in (("first_site_s", t1 - t0), ("second_site_s", t3 - t2),
