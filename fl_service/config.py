@@ -14,12 +14,11 @@ from typing import Any
 
 import yaml
 
+from fl_service.choices import DATASETS, DEVICES, PARTITIONERS
+
 ROLES = ("global-aggregator", "local-aggregator", "client")
 GA, LA, CLIENT = ROLES
 ALL = ROLES
-DATASETS = ("digits", "fashion_mnist", "cifar10")
-PARTITIONERS = ("iid", "dirichlet", "label_skew")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
+from fl_service.choices import DEVICES
 
 
 def pick_device(cfg: Mapping[str, Any]) -> torch.device:

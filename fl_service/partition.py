@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from fl_service.choices import PARTITIONERS
 from fl_service.datasets import dataset_labels
 
-PARTITIONERS = ("iid", "dirichlet", "label_skew")
 # Redraws before a Dirichlet split with an empty partition is repaired by moving examples.
 DIRICHLET_REDRAWS = 20
 

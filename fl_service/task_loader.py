@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-BUILTIN_TASKS = {
-    "digits": "fl_service.tasks.digits",
-    "fashion_mnist": "fl_service.tasks.fashion_mnist",
-    "cifar10": "fl_service.tasks.cifar10",
-}
+from fl_service.choices import DATASETS
+
+BUILTIN_TASKS = {name: f"fl_service.tasks.{name}" for name in DATASETS}
 CONTRACT = ("load_model", "load_data", "train", "test")
 
 
