@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # the task loader and device picker name the key first
         print(f"fl_service: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # An explicit handler, because as PID 1 in a container the default SIGTERM action is ignored.
+    # Exiting at once is safe: checkpoints and results are only ever replaced atomically.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
     if hasattr(service, "parent"):
         # SIGHUP re-reads the config; the reload runs off the signal handler's stack.
