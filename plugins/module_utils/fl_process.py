@@ -6,7 +6,9 @@ The folder holds ``config.yaml`` (written by the caller), ``digest`` (what the r
 was started with), ``pid`` and ``service.log``. ``ensure_running`` decides between nothing,
 a reload (SIGHUP: the config changed but not its digest) and a restart (the digest changed or
 the process is gone); ``ensure_absent`` stops the process and removes the folder.
-Standard library and ansible.module_utils only: it runs on every target host.
+Standard library only: it runs on every target host, and importing it must not pull in
+Ansible, whose import-time patches (sys.intern) break torch.compile in a process that also
+trains (a pytest run of the whole suite).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
-
-from ansible.module_utils.urls import open_url
+import urllib.request
 
 CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
 
@@ -111,7 +112,7 @@ def wait_ready(folder, proc, url, timeout):
     while True:
         if proc.poll() is not None:
             raise ServiceError(f"exited with status {proc.returncode}:\n{log_tail(folder)}")
-        with contextlib.suppress(OSError, ValueError), open_url(url, timeout=2) as r:
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2) as r:
             if r.status == 200:
                 return json.loads(r.read() or b"{}")
         if time.monotonic() > deadline:
