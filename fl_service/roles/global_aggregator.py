@@ -41,6 +41,18 @@ class GlobalAggregator(Service):
         self._done = 0  # completed global rounds
         self._round_open = False
         self.state.set(global_rounds=self._load_override())
+        # Resume before the HTTP port opens, so no one (a readiness probe, the orchestrator)
+        # ever sees a restarted GA at round 0 while it still holds completed rounds.
+        self._checkpoint = load_checkpoint(self.state_dir)
+        self._history: list[dict[str, Any]] = []
+        if self._checkpoint is not None:
+            self._done = int(self._checkpoint["round"])
+            self._history = list(self._checkpoint["history"])
+            self.state.set(global_round=self._done)
+            log.info("%s: resuming after global round %d", cfg["name"], self._done)
+        if self._history:
+            last = self._history[-1]
+            self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]})
 
     # ------------------------------------------------------------ global_rounds control
     def _load_override(self) -> int:
@@ -84,15 +96,10 @@ class GlobalAggregator(Service):
         model = self.task.load_model(cfg)
         _, test_set = self.task.load_data(cfg)
         test_loader = make_loader(test_set, cfg, shuffle=False)
-        history: list[dict[str, Any]] = []
-        checkpoint = load_checkpoint(self.state_dir)
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            self._done, history = int(checkpoint["round"]), list(checkpoint["history"])
-            log.info("%s: resuming after global round %d", cfg["name"], self._done)
-        if history:
-            last = history[-1]
-            self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]})
+        history = self._history
+        if self._checkpoint is not None:
+            model.load_state_dict(self._checkpoint["model"])
+            self._checkpoint = None  # the model holds it now
         arrays = model_arrays(model)
         while True:
             if self._done < self._target():

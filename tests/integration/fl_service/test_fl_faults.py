@@ -70,6 +70,10 @@ def test_ga_killed_and_restarted_resumes_at_the_right_round_with_its_history(
     assert 0 < before["round"] < 8
     restarted_at = time.time()
     ga.start()
+    # Its very first answer already carries the resumed round: a readiness probe or the
+    # orchestrator never sees a restarted GA back at round 0.
+    first = pipeline.wait_for("ga", lambda s: True, "the restarted GA's first answer")
+    assert first["global_round"] >= before["round"]
     status = pipeline.wait_for("ga", finished, "finished run after restart", timeout=120)
     after = torch.load(checkpoint_path, weights_only=True)
     assert after["history"][: before["round"]] == before["history"]
