@@ -37,7 +37,9 @@ def json_reply(payload: Any, status: int = 200) -> Reply:
     return Reply(status, json.dumps(payload).encode())
 
 
-class _CountingReader:
+class CountingReader:
+    """Wraps a socket file and counts the bytes read through it (both ends of a link)."""
+
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.count = 0
@@ -47,10 +49,20 @@ class _CountingReader:
         self.count += len(data)
         return data
 
+    def read1(self, *args: Any) -> bytes:
+        data = self.raw.read1(*args)
+        self.count += len(data)
+        return data
+
     def readline(self, *args: Any) -> bytes:
         data = self.raw.readline(*args)
         self.count += len(data)
         return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.raw.readinto(buffer)
+        self.count += n or 0
+        return n
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.raw, attr)
@@ -63,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.rfile = _CountingReader(self.rfile)
+        self.rfile = CountingReader(self.rfile)
 
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)

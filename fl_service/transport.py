@@ -31,7 +31,7 @@ import numpy as np
 from flwr.proto.recorddict_pb2 import ArrayRecord as ArrayRecordProto
 from numpy.lib import format as npy_format
 
-from fl_service.http_server import Reply
+from fl_service.http_server import CountingReader, Reply
 
 POLL_HOLD_S = 15.0  # how long the aggregator holds a task poll before answering 204
 _HEADER_LEN = struct.Struct(">I")
@@ -250,41 +250,10 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
 
 
 # ---------------------------------------------------------------- child side
-class _CountingReader:
-    """Wraps a response's socket file and counts the bytes read through it."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        self.count = 0
-
-    def read(self, *args: Any) -> bytes:
-        data = self.raw.read(*args)
-        self.count += len(data)
-        return data
-
-    def read1(self, *args: Any) -> bytes:
-        data = self.raw.read1(*args)
-        self.count += len(data)
-        return data
-
-    def readline(self, *args: Any) -> bytes:
-        data = self.raw.readline(*args)
-        self.count += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        n = self.raw.readinto(buffer)
-        self.count += n or 0
-        return n
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.raw, attr)
-
-
 class _CountingResponse(http.client.HTTPResponse):
     def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
         super().__init__(sock, *args, **kwargs)
-        self.counter = _CountingReader(self.fp)
+        self.counter = CountingReader(self.fp)
         self.fp = self.counter
 
 
