@@ -105,6 +105,20 @@ def start(world, **settings):
     return Orchestrator(settings=s, hooks=world.hooks(), assignment=initial)
 
 
+def join_c9_and_run_past_the_check(o, w):
+    """Five iterations on the starting plan, c9 joins, then eight with the check on: enough
+    for a window of 4 to close."""
+    for _ in range(5):
+        o.iteration += 1
+        o.decide(o.observe())
+    w.inventory.append("c9")
+    for _ in range(8):
+        o.iteration += 1
+        rnd = o.observe()
+        o.verify(rnd)
+        o.decide(rnd)
+
+
 def test_runs_to_the_end_of_the_pipeline_without_changing_a_good_plan():
     w = World(global_rounds=6)
     summary = start(w).run()
@@ -183,15 +197,7 @@ def test_a_join_that_hurts_is_reverted_and_the_revert_is_booked():
     w = World(global_rounds=40, acc=acc, capacity={"la1": 4, "la2": 5},
               cost={"c9": {"la1": 10, "la2": 60}})
     o = start(w, budget=60_000, window=4)
-    for _ in range(5):
-        o.iteration += 1
-        o.decide(o.observe())
-    w.inventory.append("c9")
-    for _ in range(8):
-        o.iteration += 1
-        rnd = o.observe()
-        o.verify(rnd)
-        o.decide(rnd)
+    join_c9_and_run_past_the_check(o, w)
     actions = [e["action"] for e in w.events]
     assert "revert" in actions, [e["reason"] for e in w.events]
     revert = next(e for e in w.events if e["action"] == "revert")
@@ -210,15 +216,7 @@ def test_a_join_that_helps_is_kept():
 
     w = World(global_rounds=40, acc=acc)
     o = start(w, budget=100_000, window=4)
-    for _ in range(5):
-        o.iteration += 1
-        o.decide(o.observe())
-    w.inventory.append("c9")
-    for _ in range(8):
-        o.iteration += 1
-        rnd = o.observe()
-        o.verify(rnd)
-        o.decide(rnd)
+    join_c9_and_run_past_the_check(o, w)
     keep = [e for e in w.events if e["action"] == "keep"]
     assert keep and "c9" in o.assignment and not any(e["action"] == "revert" for e in w.events)
 
