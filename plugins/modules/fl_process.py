@@ -20,15 +20,14 @@ description:
   - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
 author:
   - hfl.orchestration developers (@hfl)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and predict changed without changing the target.
     support: full
   diff_mode:
-    description: Would show what changed in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 options:

@@ -22,16 +22,15 @@ description:
   - Runs on the controller; use it with C(run_once).
 author:
   - hfl.orchestration developers (@hfl)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and predict changed without changing the target.
     support: full
     details: reports whether the file would change; writes nothing.
   diff_mode:
-    description: Would show what changed in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 options:

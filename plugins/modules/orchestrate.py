@@ -39,16 +39,15 @@ description:
   - Every decision is one JSON line in C(<hfl_state_dir>/<pipeline>/events.jsonl).
 author:
   - hfl.orchestration developers (@hfl)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and predict changed without changing the target.
     support: full
     details: observes once and returns the plan it would apply; places nothing, writes nothing.
   diff_mode:
-    description: Would show what changed in diff mode.
     support: none
   platform:
-    description: Target OS/families that can be operated against.
     support: full
     platforms: posix
 options:
