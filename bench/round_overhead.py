@@ -134,7 +134,7 @@ def run_flat(root: Path, rounds: int) -> list[dict]:
     procs = Processes(root / "flat")
     procs.root.mkdir()
     try:
-        ga = procs.service("global-aggregator", "ga", global_rounds=rounds,
+        ga = procs.service("global_aggregator", "ga", global_rounds=rounds,
                            min_participants=CLIENTS, round_timeout_s=120)
         for i in range(CLIENTS):
             procs.service("client", f"c{i}", parent=f"127.0.0.1:{ga}")
@@ -148,9 +148,9 @@ def run_hfl(root: Path, rounds: int) -> tuple[list[dict], list[dict]]:
     procs = Processes(root / "hfl")
     procs.root.mkdir()
     try:
-        ga = procs.service("global-aggregator", "ga", global_rounds=rounds, min_participants=2,
+        ga = procs.service("global_aggregator", "ga", global_rounds=rounds, min_participants=2,
                            round_timeout_s=120)
-        las = [procs.service("local-aggregator", f"la{j}", parent=f"127.0.0.1:{ga}",
+        las = [procs.service("local_aggregator", f"la{j}", parent=f"127.0.0.1:{ga}",
                              local_rounds=LOCAL_ROUNDS, min_participants=2, round_timeout_s=60)
                for j in range(2)]
         for i in range(CLIENTS):

@@ -1,4 +1,4 @@
-"""python -m fl_service {global-aggregator|local-aggregator|client} --config FILE"""
+"""python -m fl_service {global_aggregator|local_aggregator|client} --config FILE"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from fl_service.config import ROLES, ConfigError, help_text, load_config
+from fl_service.config import GA, LA, ROLES, ConfigError, help_text, load_config
 
 if TYPE_CHECKING:
     from fl_service.roles.service import Service
@@ -34,11 +34,11 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _build(role: str, cfg: dict) -> Service:
     # Imported here so a config error is reported before torch and Flower load.
-    if role == "global-aggregator":
+    if role == GA:
         from fl_service.roles.global_aggregator import GlobalAggregator
 
         return GlobalAggregator(cfg)
-    if role == "local-aggregator":
+    if role == LA:
         from fl_service.roles.local_aggregator import LocalAggregator
 
         return LocalAggregator(cfg)

@@ -16,7 +16,8 @@ import yaml
 
 from fl_service.choices import DATASETS, DEVICES, PARTITIONERS
 
-ROLES = ("global-aggregator", "local-aggregator", "client")
+# The inventory's spelling of each role, used from hfl_role to /status and results.
+ROLES = ("global_aggregator", "local_aggregator", "client")
 GA, LA, CLIENT = ROLES
 ALL = ROLES
 
@@ -58,6 +59,23 @@ KEYS: dict[str, Key] = {
     "tls_cert": Key(str, "", ALL, "serve HTTPS with this certificate (PEM)"),
     "tls_key": Key(str, "", ALL, "private key of tls_cert (PEM)"),
     "tls_ca": Key(str, "", (LA, CLIENT), "verify the parent's certificate with this CA (https)"),
+    "app_dir": Key(str, "", ALL, "a Flower app folder (pyproject.toml with [tool.flwr.app]); "
+                   "put on sys.path, its config is the base of run_config"),
+    "client_app": Key(str, "", (CLIENT,), "module:attr of a flwr ClientApp (default: the app "
+                      "folder's clientapp, else the built-in app)"),
+    "run_config": Key(dict, {}, ALL, "overrides fused over the app's [tool.flwr.app.config]"),
+    "model": Key(str, "", (GA,), "module:callable returning the initial torch model "
+                 "(default: the built-in task's)"),
+    "evaluate_fn": Key(str, "", (GA,), "module:function(server_round, arrays) -> MetricRecord, "
+                       "central evaluation (default: the built-in task's test)"),
+    "strategy": Key(str, "flwr.serverapp.strategy:FedAvg", (GA, LA),
+                    "module:Class of a Flower Message-API strategy"),
+    "strategy_kwargs": Key(dict, {}, (GA, LA), "keyword arguments of the strategy"),
+    "keep_strategy_state": Key(bool, False, (LA,), "keep the LA's strategy across global rounds "
+                               "(default: a new one each global round)"),
+    "train_config": Key(dict, {}, (GA, LA), "ConfigRecord entries sent with every train task"),
+    "evaluate_config": Key(dict, {}, (GA,), "ConfigRecord entries sent with every evaluate task"),
+    "evaluate_every": Key(int, 0, (GA,), "federated evaluation every N global rounds (0: never)"),
     "device": Key(str, "auto", ALL, "one of: " + ", ".join(DEVICES)),
     "threads": Key(int, 1, ALL, "torch intra-op threads"),
 }
@@ -77,7 +95,10 @@ MINIMUMS = {
     "classes_per_client": (1, False),
     "dirichlet_alpha": (0.0, True),
     "threads": (1, False),
+    "evaluate_every": (0, False),
 }
+# Keys naming a Python object as Flower's components do: "package.module:attribute".
+IMPORT_PATHS = ("client_app", "model", "evaluate_fn", "strategy")
 CHOICES = {"dataset": DATASETS, "partitioner": PARTITIONERS, "device": DEVICES}
 
 
@@ -95,8 +116,10 @@ def _coerce(key: str, value: Any, from_env: bool) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(key, f"cannot parse {value!r}") from None
-    if value is None and want is str:
-        return ""
+    if value is None and want in (str, dict):
+        return want()
+    if want is dict and isinstance(value, dict) and not all(isinstance(k, str) for k in value):
+        raise ConfigError(key, f"keys must be strings, got {sorted(map(repr, value))}")
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if want is str and isinstance(value, int | float) and not isinstance(value, bool):
@@ -125,6 +148,9 @@ def _check(cfg: dict[str, Any], role: str) -> None:
         raise ConfigError("partition_id", f"must be < num_partitions ({cfg['num_partitions']})")
     if role != GA:
         parse_address(cfg["parent"], "parent")
+    for key in IMPORT_PATHS:
+        if cfg[key]:
+            split_import_path(cfg[key], key)
     if bool(cfg["tls_cert"]) != bool(cfg["tls_key"]):
         missing = "tls_key" if cfg["tls_cert"] else "tls_cert"
         raise ConfigError(missing, "tls_cert and tls_key go together")
@@ -136,6 +162,14 @@ def parse_address(value: str, key: str = "parent") -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(key, f"expected host:port, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def split_import_path(value: str, key: str) -> tuple[str, str]:
+    """'pkg.module:attr' -> ('pkg.module', 'attr'); ConfigError naming `key` if malformed."""
+    module, sep, attr = str(value).partition(":")
+    if not sep or not module or not attr or ":" in attr:
+        raise ConfigError(key, f"expected module:attribute, got {value!r}")
+    return module, attr
 
 
 def load_config(
@@ -153,7 +187,9 @@ def load_config(
             raise ConfigError("config", f"cannot read {path}: {exc}".splitlines()[0]) from None
         if not isinstance(raw, dict):
             raise ConfigError("config", f"{path} must hold a YAML mapping")
-    cfg = {key: spec.default for key, spec in KEYS.items()}
+    # Mapping defaults are copied: a config must never share one with another.
+    cfg = {key: dict(spec.default) if spec.type is dict else spec.default
+           for key, spec in KEYS.items()}
     for key, value in raw.items():
         if key not in KEYS:
             raise ConfigError(str(key), "unknown key")

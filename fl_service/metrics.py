@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from fl_service.config import GA
 from fl_service.transport import LinkCounters
 
 STATES = ("starting", "waiting", "training", "aggregating", "finished")
@@ -32,7 +33,7 @@ class ServiceState:
         self.state = "starting"
         self.global_round = 0
         self.local_round = 0
-        self.global_rounds = cfg["global_rounds"] if self.role == "global-aggregator" else None
+        self.global_rounds = cfg["global_rounds"] if self.role == GA else None
         self.last_metrics: dict[str, float | None] = {"accuracy": None, "loss": None}
         self.rejected_updates = 0
         self.num_examples = 0

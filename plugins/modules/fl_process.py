@@ -147,11 +147,8 @@ from ansible_collections.hfl.orchestration.plugins.module_utils import (  # noqa
     fl_process as svc,
 )
 
-COMMANDS = {
-    "global_aggregator": "global-aggregator",
-    "local_aggregator": "local-aggregator",
-    "client": "client",
-}
+# fl_service spells its roles as the inventory does.
+ROLES = ("global_aggregator", "local_aggregator", "client")
 
 
 def _ready_url(config):
@@ -169,7 +166,7 @@ def run_module():
         argument_spec=dict(
             name=dict(type="str", required=True),
             dir=dict(type="path", required=True),
-            role=dict(type="str", choices=list(COMMANDS)),
+            role=dict(type="str", choices=list(ROLES)),
             config=dict(type="dict"),
             digest=dict(type="str"),
             python=dict(type="path", default="python3"),
@@ -194,7 +191,7 @@ def run_module():
         module.fail_json(msg=f"{p['name']}: config has no port", **result)
     config_text = svc.config_text(p["config"])
     config_path = result["config_path"]
-    argv = [p["python"], "-m", "fl_service", COMMANDS[p["role"]],
+    argv = [p["python"], "-m", "fl_service", p["role"],
             "--config", config_path]
     env = {str(k): str(v) for k, v in p["environment"].items()}
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -78,7 +78,7 @@ statuses:
   returned: always
   type: dict
   sample:
-    ga: {reachable: true, role: global-aggregator, state: training, global_round: 3}
+    ga: {reachable: true, role: global_aggregator, state: training, global_round: 3}
     la2: {reachable: false, error: "[Errno 111] Connection refused"}
 """
 

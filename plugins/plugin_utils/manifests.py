@@ -36,11 +36,6 @@ PIPELINE = "hfl.io/pipeline"
 ROLE = "hfl.io/role"
 TIER = "hfl.io/tier"
 CONFIG_SHA = "hfl.io/config-sha256"
-_COMMANDS = {
-    "global_aggregator": "global-aggregator",
-    "local_aggregator": "local-aggregator",
-    "client": "client",
-}
 _ROLE_ORDER = ("global_aggregator", "local_aggregator", "client")
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _DOC_START = re.compile(r"^---\n", re.MULTILINE)
@@ -107,7 +102,7 @@ def _labels(pipeline, service):
     return {
         "app.kubernetes.io/name": "fl-service",
         INSTANCE: dns_name(service["name"]),
-        "app.kubernetes.io/component": _COMMANDS[service["role"]],
+        "app.kubernetes.io/component": service["role"],
         "app.kubernetes.io/part-of": "hfl",
         **selector_labels(pipeline),
         ROLE: service["role"],
@@ -159,7 +154,7 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
         "name": "fl-service",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": [python, "-m", "fl_service", _COMMANDS[service["role"]],
+        "command": [python, "-m", "fl_service", service["role"],
                     "--config", CONFIG_FILE],
         # hostPort: the plan's address:port (the inventory host's) reaches the service on every
         # runtime, so status, wait and the orchestrator need no runtime-specific address.

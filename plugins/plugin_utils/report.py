@@ -55,9 +55,8 @@ def _mark_changes(ax, changes: list[dict]) -> None:
 
 
 def _ga_lines(results: dict[str, list[dict]]) -> list[dict]:
-    # fl_service writes "global-aggregator"; the plan says "global_aggregator".
     return [line for lines in results.values() for line in lines
-            if str(line.get("role")).replace("-", "_") == "global_aggregator"]
+            if line.get("role") == "global_aggregator"]
 
 
 def _ga_series(results: dict[str, list[dict]]) -> list[dict]:

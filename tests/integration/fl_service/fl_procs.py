@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-ROLE_NAMES = {"ga": "global-aggregator", "la": "local-aggregator", "client": "client"}
+ROLE_NAMES = {"ga": "global_aggregator", "la": "local_aggregator", "client": "client"}
 
 
 def free_port() -> int:

@@ -60,7 +60,7 @@ def test_bad_updates_are_rejected_counted_and_never_aggregated(pipeline: Pipelin
     assert "positive" in reasons["zero examples"]
     status = pipeline.wait_for("ga", lambda s: s["state"] == "finished", "finished run")
     assert status["rejected_updates"] == len(reasons)
-    assert f'hfl_rejected_updates_total{{role="global-aggregator",service="ga"}} ' \
+    assert f'hfl_rejected_updates_total{{role="global_aggregator",service="ga"}} ' \
            f'{float(len(reasons))}' in ga.request("GET", "/metrics")
     assert all(r["participants"] == ["c0"] for r in ga.results())
     assert status["last_metrics"]["accuracy"] >= 0.5  # poisoned rounds would wreck it
@@ -69,13 +69,13 @@ def test_bad_updates_are_rejected_counted_and_never_aggregated(pipeline: Pipelin
 BAD_CONFIGS = [
     ("client", {"bogus_key": 1}, {}, "bogus_key"),
     ("client", {"parent": None}, {}, "parent"),
-    ("local-aggregator", {"parent": "nohostport"}, {}, "parent"),
-    ("local-aggregator", {"local_rounds": 0}, {}, "local_rounds"),
+    ("local_aggregator", {"parent": "nohostport"}, {}, "parent"),
+    ("local_aggregator", {"local_rounds": 0}, {}, "local_rounds"),
     ("client", {"dataset": "imagenet"}, {}, "dataset"),
     ("client", {"partitioner": "random"}, {}, "partitioner"),
-    ("global-aggregator", {"global_rounds": "many"}, {}, "global_rounds"),
-    ("global-aggregator", {"round_timeout_s": -1}, {}, "round_timeout_s"),
-    ("local-aggregator", {}, {"HFL_LOCAL_ROUNDS": "0"}, "local_rounds"),
+    ("global_aggregator", {"global_rounds": "many"}, {}, "global_rounds"),
+    ("global_aggregator", {"round_timeout_s": -1}, {}, "round_timeout_s"),
+    ("local_aggregator", {}, {"HFL_LOCAL_ROUNDS": "0"}, "local_rounds"),
     ("client", {}, {"HFL_BATCH_SIZE": "big"}, "batch_size"),
     ("client", {"task": "no.such.module"}, {}, "task"),
 ]

@@ -13,7 +13,7 @@ def write(tmp_path: Path, **cfg) -> Path:
 
 
 def test_defaults_fill_in_and_state_dir_follows_the_name(tmp_path: Path) -> None:
-    cfg = load_config("global-aggregator", write(tmp_path, name="ga", port=8080), environ={})
+    cfg = load_config("global_aggregator", write(tmp_path, name="ga", port=8080), environ={})
     assert cfg["global_rounds"] == 10 and cfg["bind_host"] == "127.0.0.1"
     assert cfg["parent"] == "" and cfg["state_dir"] == str(Path("hfl-state") / "ga")
 
@@ -22,7 +22,7 @@ def test_environment_wins_over_the_file_and_is_typed(tmp_path: Path) -> None:
     path = write(tmp_path, name="la", port=8081, parent="ga:8080", local_rounds=2)
     env = {"HFL_LOCAL_ROUNDS": "3", "HFL_ROUND_TIMEOUT_S": "7", "HFL_DOWNLOAD": "true",
            "HFL_PARENT": "other:9000", "HFL_UNRELATED": "x"}
-    cfg = load_config("local-aggregator", path, environ=env)
+    cfg = load_config("local_aggregator", path, environ=env)
     assert (cfg["local_rounds"], cfg["round_timeout_s"], cfg["download"]) == (3, 7.0, True)
     assert cfg["parent"] == "other:9000"
 
@@ -37,23 +37,23 @@ def test_environment_alone_is_a_whole_config() -> None:
     [
         ("client", {"name": "c", "port": 1, "parent": "a:1", "colour": "red"}, "colour"),
         ("client", {"name": "c", "port": 1}, "parent"),
-        ("local-aggregator", {"name": "l", "port": 1}, "parent"),
+        ("local_aggregator", {"name": "l", "port": 1}, "parent"),
         ("client", {"port": 1, "parent": "a:1"}, "name"),
-        ("global-aggregator", {"name": "g"}, "port"),
-        ("global-aggregator", {"name": "g", "port": "http"}, "port"),
-        ("global-aggregator", {"name": "g", "port": 70000}, "port"),
-        ("global-aggregator", {"name": "g", "port": True}, "port"),
-        ("local-aggregator", {"name": "l", "port": 1, "parent": "a:1", "local_rounds": 0},
+        ("global_aggregator", {"name": "g"}, "port"),
+        ("global_aggregator", {"name": "g", "port": "http"}, "port"),
+        ("global_aggregator", {"name": "g", "port": 70000}, "port"),
+        ("global_aggregator", {"name": "g", "port": True}, "port"),
+        ("local_aggregator", {"name": "l", "port": 1, "parent": "a:1", "local_rounds": 0},
          "local_rounds"),
         ("client", {"name": "c", "port": 1, "parent": "a:1", "dataset": "mnist"}, "dataset"),
         ("client", {"name": "c", "port": 1, "parent": "a:1", "partitioner": "x"}, "partitioner"),
         ("client", {"name": "c", "port": 1, "parent": "a", "partitioner": "iid"}, "parent"),
         ("client", {"name": "c", "port": 1, "parent": "a:1", "partition_id": 3,
                     "num_partitions": 3}, "partition_id"),
-        ("global-aggregator", {"name": "g", "port": 1, "round_timeout_s": 0}, "round_timeout_s"),
-        ("global-aggregator", {"name": "g", "port": 1, "tls_cert": "c.pem"}, "tls_key"),
-        ("global-aggregator", {"name": "g", "port": 1, "download": "yes please"}, "download"),
-        ("global-aggregator", {"name": "g", "port": 1, "device": "tpu"}, "device"),
+        ("global_aggregator", {"name": "g", "port": 1, "round_timeout_s": 0}, "round_timeout_s"),
+        ("global_aggregator", {"name": "g", "port": 1, "tls_cert": "c.pem"}, "tls_key"),
+        ("global_aggregator", {"name": "g", "port": 1, "download": "yes please"}, "download"),
+        ("global_aggregator", {"name": "g", "port": 1, "device": "tpu"}, "device"),
     ],
 )
 def test_each_bad_config_names_its_key(tmp_path: Path, role: str, cfg: dict, key: str) -> None:
@@ -67,7 +67,7 @@ def test_each_bad_config_names_its_key(tmp_path: Path, role: str, cfg: dict, key
 def test_bad_environment_value_names_its_key(tmp_path: Path) -> None:
     path = write(tmp_path, name="g", port=1)
     with pytest.raises(ConfigError, match="^global_rounds: "):
-        load_config("global-aggregator", path, environ={"HFL_GLOBAL_ROUNDS": "ten"})
+        load_config("global_aggregator", path, environ={"HFL_GLOBAL_ROUNDS": "ten"})
 
 
 def test_a_file_that_is_not_a_mapping_is_rejected(tmp_path: Path) -> None:
@@ -88,3 +88,41 @@ def test_parse_address() -> None:
     for bad in ("ga", "ga:", ":80", "ga:port", "ga:0"):
         with pytest.raises(ConfigError):
             parse_address(bad)
+
+
+def test_flower_keys_take_mappings_and_import_paths(tmp_path):
+    path = write(tmp_path, name="ga", port=1, strategy="flwr.serverapp.strategy:FedAdam",
+                 strategy_kwargs={"eta": 0.1}, train_config={"lr": 0.01}, evaluate_every=2)
+    cfg = load_config("global_aggregator", path, environ={})
+    assert cfg["strategy_kwargs"] == {"eta": 0.1} and cfg["train_config"] == {"lr": 0.01}
+    assert load_config("global_aggregator", write(tmp_path, name="g", port=1),
+                       environ={})["run_config"] == {}
+    env = {"HFL_RUN_CONFIG": "{local-epochs: 2}"}
+    assert load_config("global_aggregator", path, environ=env)["run_config"] == {
+        "local-epochs": 2}
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"strategy": "flwr.serverapp.strategy.FedAvg"}, "strategy"),
+        ({"model": "pkg:"}, "model"),
+        ({"strategy_kwargs": [1, 2]}, "strategy_kwargs"),
+        ({"run_config": {1: "x"}}, "run_config"),
+        ({"evaluate_every": -1}, "evaluate_every"),
+    ],
+)
+def test_bad_flower_keys_name_the_key(tmp_path, extra, key):
+    with pytest.raises(ConfigError) as err:
+        load_config("global_aggregator", write(tmp_path, name="g", port=1, **extra), environ={})
+    assert err.value.key == key
+
+
+def test_load_object_names_the_key_of_a_path_that_does_not_resolve():
+    from fl_service.imports import load_object
+
+    assert load_object("flwr.serverapp.strategy:FedAvg", "strategy").__name__ == "FedAvg"
+    with pytest.raises(ConfigError, match=r"^model: cannot import no_such_pkg"):
+        load_object("no_such_pkg.task:Net", "model")
+    with pytest.raises(ConfigError, match=r"^strategy: flwr.serverapp.strategy has no attribute"):
+        load_object("flwr.serverapp.strategy:NoSuch", "strategy")

@@ -62,7 +62,7 @@ class Aggregator:
 
     def __init__(self, tls: tuple[str, str] = ("", "")) -> None:
         self.links = LinkCounters()
-        cfg = {"name": "agg", "role": "local-aggregator", "pipeline": "p", "parent": "x:1",
+        cfg = {"name": "agg", "role": "local_aggregator", "pipeline": "p", "parent": "x:1",
                "global_rounds": 1}
         self.state = ServiceState(cfg, self.links)
         self.coordinator = RoundCoordinator("agg", self.state)
@@ -215,8 +215,8 @@ def test_tls_parent_is_verified_with_the_configured_ca(tmp_path: Path) -> None:
 
 
 def test_an_abstaining_child_is_not_waited_for(aggregator: Aggregator) -> None:
-    la0 = ParentLink(("127.0.0.1", aggregator.port), "la0", "local-aggregator", LinkCounters())
-    la1 = ParentLink(("127.0.0.1", aggregator.port), "la1", "local-aggregator", LinkCounters())
+    la0 = ParentLink(("127.0.0.1", aggregator.port), "la0", "local_aggregator", LinkCounters())
+    la1 = ParentLink(("127.0.0.1", aggregator.port), "la1", "local_aggregator", LinkCounters())
     la0.join()
     la1.join()
     results: list = []

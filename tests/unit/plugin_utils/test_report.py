@@ -15,7 +15,7 @@ W = {"c1": {"la1": 20, "la2": 60}, "c2": {"la1": 60, "la2": 20}, "c3": {"la1": 2
 
 
 def run_results(rounds=8):
-    ga = [{"service": "ga", "role": "global-aggregator", "global_round": r,
+    ga = [{"service": "ga", "role": "global_aggregator", "global_round": r,
            "accuracy": 0.5 + 0.05 * r, "loss": 1.5 - 0.1 * r} for r in range(1, rounds + 1)]
     clients = {
         c: [{"service": c, "role": "client", "global_round": r, "local_round": 1,
@@ -24,7 +24,7 @@ def run_results(rounds=8):
         for c, parent, hist in (("c1", "la1", {"0": 30, "1": 30}),
                                 ("c2", "la2", {"1": 10, "2": 50}), ("c3", "la1", [5, 5, 5]))
     }
-    las = {la: [{"service": la, "role": "local-aggregator", "global_round": r,
+    las = {la: [{"service": la, "role": "local_aggregator", "global_round": r,
                  "links": {"ga": {"sent_bytes": MB, "received_bytes": MB}}}
                 for r in range(1, rounds + 1)] for la in ("la1", "la2")}
     return {"ga": ga, **clients, **las}
