@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import yaml
 from ansible.plugins.action import ActionBase
-from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import flower_app, plan, topology
+
+APP_CHECK_FILE = "app-check.json"  # in the pipeline folder: the last import check that passed
 
 
 def _plain(value):
@@ -37,6 +40,56 @@ def _read_assignment(path):
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping client -> parent")
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _base_dir(task_vars, host):
+    """What a relative hfl_flower_app is relative to: the folder of the inventory file that
+    defines the host (the GA's), else the playbook's folder."""
+    hv = task_vars["hostvars"][host]
+    return str(hv.get("inventory_dir") or task_vars.get("playbook_dir") or os.getcwd())
+
+
+def _load_app(topo, task_vars):
+    """The hfl_flower_app folder (or None), with hfl_run_config checked against its config."""
+    who = f"host {topo.ga.name}"
+    app = None
+    if topo.pipeline.flower_app:
+        path = flower_app.resolve(topo.pipeline.flower_app, _base_dir(task_vars, topo.ga.name))
+        try:
+            app = flower_app.load(path, who)
+        except OSError as e:  # a file that cannot be read while hashing
+            raise topology.TopologyError([f"{who}: hfl_flower_app: {e}"]) from None
+    errors = flower_app.check_run_config(topo.pipeline.run_config, app, who)
+    if errors:
+        raise topology.TopologyError(errors)
+    return app
+
+
+def _check_imports(topo, app, pipeline_dir, check_mode):
+    """Import the components the inventory names (a subprocess of this interpreter, the app
+    folder on its path); a check that passed for the same app, components and interpreter is
+    not run again. Returns a warning when it could not run, else None."""
+    checks = flower_app.components(topo.pipeline, app)
+    if not checks:
+        return None
+    python = sys.executable
+    key = flower_app.check_key(checks, app, python)
+    cache = os.path.join(pipeline_dir, APP_CHECK_FILE)
+    try:
+        with open(cache) as f:
+            if json.load(f).get("key") == key:
+                return None
+    except (OSError, ValueError):
+        pass
+    errors, skipped = flower_app.import_check(checks, app.dir if app else "", python,
+                                              f"host {topo.ga.name}")
+    if errors:
+        raise topology.TopologyError(errors)
+    if skipped:
+        return f"the Flower app's components were not checked before placing: {skipped}"
+    if not check_mode:
+        _write_if_changed(cache, json.dumps({"key": key}) + "\n")
+    return None
 
 
 def _write_if_changed(path, text):
@@ -70,15 +123,27 @@ class ActionModule(ActionBase):
             topo = topology.build(hosts, groups, pipeline=args["pipeline"])
             assignment = None
             if args["assignment_file"]:
-                assignment = _read_assignment(args["assignment_file"])
-            the_plan = plan.make_plan(topo, assignment)
+                try:
+                    assignment = _read_assignment(args["assignment_file"])
+                except (OSError, ValueError, yaml.YAMLError) as e:
+                    return dict(result, failed=True, msg=f"assignment_file: {e}")
+            app = _load_app(topo, task_vars)
+            the_plan = plan.make_plan(topo, assignment, app)
+            pipeline_dir = os.path.join(os.path.expanduser(topo.pipeline.state_dir),
+                                        topo.pipeline.name)
+            warning = _check_imports(topo, app, pipeline_dir, self._task.check_mode)
         except topology.TopologyError as e:
             return dict(result, failed=True, errors=e.errors,
                         msg="the inventory is not a valid pipeline:\n" + "\n".join(e.errors))
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            return dict(result, failed=True, msg=f"assignment_file: {e}")
+        if warning:
+            result.setdefault("warnings", []).append(warning)
 
-        pipeline_dir = os.path.join(os.path.expanduser(topo.pipeline.state_dir), topo.pipeline.name)
+        if app is not None:
+            # The one archive every host unpacks (roles/fl_placement/tasks/app.yml).
+            archive_dir = os.path.join(pipeline_dir, "app")
+            the_plan["app"]["archive"] = (
+                os.path.join(archive_dir, f"{app.digest[:16]}.tar.gz") if self._task.check_mode
+                else flower_app.write_archive(app, archive_dir))
         path = os.path.join(pipeline_dir, "plan.json")
         text = json.dumps(the_plan, indent=2, sort_keys=True) + "\n"
         if self._task.check_mode:

@@ -37,7 +37,7 @@ def _read(path):
         return None
 
 
-def config_text(config, path_keys=("state_dir", "data_dir")):
+def config_text(config, path_keys=("state_dir", "data_dir", "app_dir")):
     """The config file's text; JSON is YAML, so no YAML library is needed on the target. A
     leading ~ in path-valued keys is the target user's home, known only here."""
     config = dict(config)

@@ -18,6 +18,17 @@ description:
     variable) and computes the plan, one fl_service spec per service.
   - Writes the plan to C(<hfl_state_dir>/<pipeline>/plan.json) on the controller only when its
     content changed, and returns it as the fact C(hfl_plan).
+  - With C(hfl_flower_app) set, loads that Flower app folder (a C(pyproject.toml) with a
+    C([tool.flwr.app]) table; a relative path is relative to the folder of the inventory file
+    that defines the global aggregator's host), checks C(hfl_run_config) against its
+    C([tool.flwr.app.config]) and writes its files as one archive,
+    C(<hfl_state_dir>/<pipeline>/app/<digest>.tar.gz), which placement ships to the hosts.
+  - Before anything is placed, imports every component the inventory names (client app, model,
+    evaluate function, strategies, each strategy built with its kwargs) in a subprocess of the
+    controller's Python with the app folder on C(sys.path); each one that fails is one error
+    line naming its variable. A check that passed is not repeated for the same app content,
+    components and interpreter (C(app-check.json) in the pipeline's folder). When that Python
+    has no C(flwr), the check is skipped with a warning.
   - Runs on the controller; use it with C(run_once) so the facts reach every host of the play.
 author:
   - hfl.orchestration developers (@hfl)
@@ -62,7 +73,9 @@ ansible_facts:
   type: dict
   contains:
     hfl_plan:
-      description: The plan (format in docs/architecture.md).
+      description:
+        - The plan (format in docs/architecture.md). With a Flower app it has C(app) with
+          C(source) (the folder on the controller), C(digest) and C(archive).
       type: dict
     hfl_pipeline_dir:
       description: The pipeline's folder on the controller (absolute).

@@ -49,12 +49,13 @@ options:
     description:
       - The fl_service configuration (keys as in docs/architecture.md). Required with
         O(state=present).
-      - A leading C(~) in C(state_dir) and C(data_dir) is expanded on the target.
+      - A leading C(~) in C(state_dir), C(data_dir) and C(app_dir) is expanded on the target.
     type: dict
   digest:
     description:
       - Identity of the configuration; a change restarts the process. Plans compute it as the
-        sha256 of the config without C(parent). Required with O(state=present).
+        sha256 of the config without C(parent) (and with the Flower app folder's digest when
+        the service runs one). Required with O(state=present).
     type: str
   python:
     description: Python interpreter that has fl_service installed.

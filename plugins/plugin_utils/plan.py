@@ -18,10 +18,17 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import 
     TopologyError,
 )
 
+# Where a service finds the shipped Flower app on its host (process runtime): ``<dir>/app``.
+APP_SUBDIR = "app"
 
-def config_digest(config):
-    """sha256 of the config without ``parent``: a parent change is a reload, not a restart."""
+
+def config_digest(config, app_digest=""):
+    """sha256 of the config without ``parent``: a parent change is a reload, not a restart.
+    ``app_digest`` (the Flower app folder's content) is part of it when the service runs an
+    app, so an edited app restarts its services; without one the digest is the config's alone."""
     body = {k: v for k, v in config.items() if k != "parent"}
+    if app_digest:
+        body = {"config": body, "app_digest": app_digest}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -79,7 +86,40 @@ def _check_assignment(topology, assignment, merged):
         raise TopologyError(errors)
 
 
-def _config(topology, service, parent):
+def _app_config(topology, service, app):
+    """The Flower app keys of one service's config (only those the inventory sets, so a
+    pipeline without them keeps its configs and digests)."""
+    p = topology.pipeline
+    cfg = {}
+    if app is not None:
+        cfg["app_dir"] = f"{service_dir(topology, service)}/{APP_SUBDIR}"
+    if service.role in (GA, CLIENT) and p.run_config:
+        cfg["run_config"] = dict(p.run_config)
+    if service.role in (GA, LA) and p.train_config:
+        cfg["train_config"] = dict(p.train_config)
+    strategy = p.ga_strategy if service.role == GA else p.la_strategy
+    if service.role in (GA, LA) and strategy:
+        cfg["strategy"] = strategy["class"]
+        if strategy.get("kwargs"):
+            cfg["strategy_kwargs"] = dict(strategy["kwargs"])
+    if service.role == GA:
+        for key in ("model", "evaluate_fn"):
+            if getattr(p, key):
+                cfg[key] = getattr(p, key)
+        if p.evaluate_config:
+            cfg["evaluate_config"] = dict(p.evaluate_config)
+        if p.evaluate_every:
+            cfg["evaluate_every"] = p.evaluate_every
+    elif service.role == LA and p.la_keep_strategy_state:
+        cfg["keep_strategy_state"] = True
+    elif service.role == CLIENT:
+        client_app = p.client_app or (app.clientapp if app is not None else "")
+        if client_app:
+            cfg["client_app"] = client_app
+    return cfg
+
+
+def _config(topology, service, parent, app=None):
     p = topology.pipeline
     cfg = {
         "name": service.name,
@@ -121,12 +161,15 @@ def _config(topology, service, parent):
             cfg["dirichlet_alpha"] = p.dirichlet_alpha
         elif p.partitioner == "label_skew":
             cfg["classes_per_client"] = p.classes_per_client
+    cfg.update(_app_config(topology, service, app))
     return cfg
 
 
-def make_plan(topology, assignment=None):
+def make_plan(topology, assignment=None, app=None):
     """The plan dict for ``topology``; ``assignment`` (client -> parent name) overrides the
-    inventory's choice for the clients it names (the orchestrator's re-placement)."""
+    inventory's choice for the clients it names (the orchestrator's re-placement). ``app`` is
+    the ``hfl_flower_app`` folder (a ``flower_app.App``, or None): every service gets its
+    ``app_dir`` and the app's digest in its own."""
     chosen = default_assignment(topology)
     if assignment:
         merged = {**chosen, **assignment}
@@ -144,7 +187,8 @@ def make_plan(topology, assignment=None):
             # A client the orchestrator moves outside its cost map has no known cost (None).
             cost = (s.link_cost.get(parent.name) if isinstance(s.link_cost, dict)
                     else s.link_cost)
-        config = _config(topology, s, parent)
+        config = _config(topology, s, parent, app)
+        app_digest = app.digest if app is not None else ""
         services.append({
             "name": s.name,
             "host": s.host,
@@ -157,11 +201,15 @@ def make_plan(topology, assignment=None):
             "resources": dict(s.resources),
             "dir": service_dir(topology, s),
             "config": config,
-            "digest": config_digest(config),
+            "digest": config_digest(config, app_digest),
         })
-    return {
+    out = {
         "pipeline": topology.pipeline.name,
         "runtime": topology.pipeline.runtime,
         "assignment": dict(sorted(chosen.items())),
         "services": services,
     }
+    if app is not None:
+        # Where the app comes from on the controller; fl_plan adds the archive it ships.
+        out["app"] = {"source": app.dir, "digest": app.digest}
+    return out

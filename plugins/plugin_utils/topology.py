@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 CLUSTER_GROUP = "hfl_cluster"
 TIERS = ("cloud", "fog", "edge")
@@ -80,6 +81,18 @@ class Pipeline:
     target_accuracy: float | None = None
     config_model: str = "min_comm_cost"
     state_dir: str = "~/.hfl"
+    # A Flower app (docs/inventory.md, "Bring your Flower app"); empty/None: the built-ins.
+    flower_app: str = ""  # folder on the controller, as written (fl_plan resolves it)
+    client_app: str = ""  # module:attr of a ClientApp
+    run_config: dict = field(default_factory=dict)  # flat (dotted keys), Flower run config
+    train_config: dict = field(default_factory=dict)
+    evaluate_config: dict = field(default_factory=dict)
+    ga_strategy: dict | None = None  # {"class": "module:Name", "kwargs": {...}}
+    la_strategy: dict | None = None
+    la_keep_strategy_state: bool = False
+    evaluate_every: int = 0
+    model: str = ""  # module:callable
+    evaluate_fn: str = ""  # module:function
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,7 @@ class Topology:
 _INT_KEYS = {  # pipeline key -> smallest allowed value
     "global_rounds": 1, "local_rounds": 1, "local_epochs": 1, "batch_size": 1,
     "classes_per_client": 1, "num_partitions": 1, "seed": 0, "min_participants": 1,
+    "evaluate_every": 0,
 }
 _POSITIVE_FLOAT_KEYS = ("learning_rate", "dirichlet_alpha", "round_timeout_s")
 _CHOICES = {
@@ -206,11 +220,138 @@ def _pipeline(vars_, host, errors):
             bad = "must be true or false"
         elif key in ("task", "data_dir", "state_dir") and not isinstance(value, str):
             bad = "must be a string"
+        elif key in _APP_CHECKS:
+            # These messages quote the offending part themselves (a map can be long).
+            problem, value = _APP_CHECKS[key](value)
+            if problem:
+                errors.append(f"host {host}: {var}: {problem}")
+                value = default
         if bad:
             errors.append(f"host {host}: {var}: {bad}, got {value!r}")
             value = default
         values[key] = value
     return Pipeline(**values)
+
+
+# "module:attr", Flower's own component syntax (e.g. "task:Net", "pkg.client_app:app").
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                          r":[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SCALAR = (bool, int, float, str)
+
+
+def _import_path(what):
+    def check(value):
+        if value in (None, ""):
+            return None, ""
+        if not isinstance(value, str) or not _IMPORT_PATH.match(value):
+            return f"must be 'module:{what}' (e.g. 'task:{what}'), got {value!r}", value
+        return None, value
+    return check
+
+
+def _is_scalar(v):
+    return isinstance(v, _SCALAR) and (not isinstance(v, float) or math.isfinite(v))
+
+
+def _flat_run_config(value, prefix=""):
+    """Nested maps become dotted keys, as Flower flattens [tool.flwr.app.config]; the first
+    problem is returned instead."""
+    out = {}
+    for k, v in value.items():
+        key = f"{prefix}{k}"
+        if not isinstance(k, str) or not k:
+            return f"key {k!r}: keys must be non-empty strings", None
+        if isinstance(v, dict):
+            bad, sub = _flat_run_config(v, key + ".")
+            if bad:
+                return bad, None
+            out.update(sub)
+        elif _is_scalar(v):
+            out[key] = v
+        else:
+            return (f"{key!r}: must be a bool, int, float or string (a Flower run config "
+                    f"value), got {v!r}"), None
+    return None, out
+
+
+def _run_config(value):
+    if value is None:
+        return None, {}
+    if not isinstance(value, dict):
+        return f"must be a map key -> value, got {value!r}", {}
+    bad, flat = _flat_run_config(value)
+    return (bad, {}) if bad else (None, flat)
+
+
+def _config_record(value):
+    """A Flower ConfigRecord's content: str keys; int, float, str, bool or a list of one type."""
+    if value is None:
+        return None, {}
+    if not isinstance(value, dict):
+        return f"must be a map key -> value, got {value!r}", {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not k:
+            return f"key {k!r}: keys must be non-empty strings", {}
+        ok = _is_scalar(v) or (isinstance(v, list) and all(_is_scalar(x) for x in v)
+                               and len({type(x) for x in v}) <= 1)
+        if not ok:
+            return (f"{k!r}: must be an int, float, string, bool or a list of one of them "
+                    f"(a Flower ConfigRecord value), got {v!r}"), {}
+    return None, dict(value)
+
+
+def _strategy(value):
+    if value is None:
+        return None, None
+    shape = "must be a map {class: 'module:Name', kwargs: {...}}"
+    if not isinstance(value, dict):
+        return f"{shape}, got {value!r}", None
+    unknown = sorted(str(k) for k in value if k not in ("class", "kwargs"))
+    if unknown:
+        return f"unknown key {unknown[0]!r}; {shape}", None
+    cls = value.get("class")
+    if not isinstance(cls, str) or not _IMPORT_PATH.match(cls):
+        return (f"class: must be 'module:Name' (e.g. 'flwr.serverapp.strategy:FedAvg'), "
+                f"got {cls!r}"), None
+    kwargs = value.get("kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        return f"kwargs: must be a map keyword -> value, got {kwargs!r}", None
+    for k in kwargs:
+        if not isinstance(k, str) or not _IDENTIFIER.match(k):
+            return f"kwargs: {k!r} is not a Python keyword name", None
+    return None, {"class": cls, "kwargs": dict(kwargs)}
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        return f"must be true or false, got {value!r}", False
+    return None, value
+
+
+def _string(value):
+    if value is None:
+        return None, ""
+    if not isinstance(value, str):
+        return f"must be a string, got {value!r}", ""
+    return None, value
+
+
+# Pipeline keys of a Flower app: key -> check(value) -> (problem or None, value to keep).
+_APP_CHECKS: dict[str, Any] = {
+    "flower_app": _string,
+    "client_app": _import_path("attr"),
+    "model": _import_path("callable"),
+    "evaluate_fn": _import_path("function"),
+    "run_config": _run_config,
+    "train_config": _config_record,
+    "evaluate_config": _config_record,
+    "ga_strategy": _strategy,
+    "la_strategy": _strategy,
+    "la_keep_strategy_state": _bool,
+}
 
 
 def _machine(name, vars_):
