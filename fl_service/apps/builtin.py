@@ -1,0 +1,171 @@
+"""The built-in tasks as a Flower ClientApp of ours: `fl_service.apps.builtin:app`.
+
+The client service runs it, through the same runner as any user's app, when neither
+`client_app` nor `app_dir` is set. It runs the task module `fl_service.task_loader.load_task`
+picks: the built-in one for `dataset` (digits, fashion_mnist, cifar10), or a user's old-style
+task module (config key `task`; the task contract of docs/architecture.md survives only as what
+this app runs).
+
+Everything comes from the Context: `run_config` holds the service's keys `RUN_CONFIG_KEYS`
+under their own names (the client fills them from its config: `run_config(cfg)`; the config key
+`run_config` may override them), `node_config` the partition (`partition-id`,
+`num-partitions`). The task functions get them as one `cfg` mapping (those keys plus
+`partition_id` and `num_partitions`).
+
+Per process, and per such cfg, the model, the data partition and the loaders are built once
+(`prepare`), never per message. Train: load the arrays into the model, `task.train` for
+`local_epochs` on the partition, reply `arrays` + `metrics {"loss", "num-examples"}`. Evaluate:
+`task.test` on this node's slice of the test split (cut by the same partitioner), reply
+`metrics {"loss", "accuracy", "num-examples"}`. The label histogram of the partition goes into
+`context.state` (fl_service.apps.STATE_HISTOGRAM) and the pure training time of each train
+call into STATE_TIMING, for the client service to report; neither travels in the reply.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
+from fl_service.datasets import class_histogram, make_loader
+from fl_service.device import pick_device
+from fl_service.flower_app import array_from_numpy, ndarray_view
+from fl_service.partition import client_partition
+from fl_service.task_loader import load_task
+
+RUN_CONFIG_KEYS = (
+    "dataset", "task", "data_dir", "download", "partitioner", "dirichlet_alpha",
+    "classes_per_client", "local_epochs", "batch_size", "learning_rate", "seed", "device",
+    "threads",
+)
+
+app = ClientApp()
+
+
+def run_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The built-in app's run config from the service config (the keys it has)."""
+    return {key: cfg[key] for key in RUN_CONFIG_KEYS if key in cfg}
+
+
+def task_config(context: Context) -> dict[str, Any]:
+    """The `cfg` the task functions get: run_config plus the node's partition."""
+    return {**context.run_config,
+            "partition_id": int(context.node_config.get("partition-id", 0)),
+            "num_partitions": int(context.node_config.get("num-partitions", 1))}
+
+
+@dataclass
+class Local:
+    """What one process keeps for one cfg: built once, reused by every message."""
+
+    cfg: dict[str, Any]
+    task: ModuleType
+    device: torch.device
+    model: nn.Module
+    train_loader: DataLoader
+    train_examples: int
+    histogram: dict[str, int]
+    test_loader: DataLoader
+    test_examples: int
+
+
+_local: dict[tuple, Local] = {}
+
+
+def check(context: Context) -> None:
+    """Fail early (ValueError naming the key) on a task module or device that cannot work."""
+    cfg = task_config(context)
+    load_task(cfg)
+    pick_device(cfg)
+
+
+def prepare(context: Context) -> Local:
+    """This process's model and data for `context`, built on first use; also records the
+    partition's histogram in context.state."""
+    cfg = task_config(context)
+    key = tuple(sorted(cfg.items()))
+    local = _local.get(key)
+    if local is None:
+        local = _local[key] = _build(cfg)
+    if STATE_HISTOGRAM not in context.state.metric_records:
+        context.state[STATE_HISTOGRAM] = MetricRecord(dict(local.histogram))
+    return local
+
+
+def _build(cfg: dict[str, Any]) -> Local:
+    task = load_task(cfg)
+    device = pick_device(cfg)
+    if "threads" in cfg:
+        torch.set_num_threads(int(cfg["threads"]))
+    model = task.load_model(cfg).to(device)
+    train_set, test_set = task.load_data(cfg)
+    partition = client_partition(cfg, train_set)
+    test_part = _test_slice(cfg, test_set)
+    # torch imports its compiler stack on the first optimizer; pay that now, not in round 1.
+    torch.optim.SGD(model.parameters(), lr=0.0)
+    return Local(
+        cfg=cfg, task=task, device=device, model=model,
+        train_loader=make_loader(partition, cfg, shuffle=True), train_examples=len(partition),
+        histogram={str(k): int(v) for k, v in class_histogram(partition).items()},
+        test_loader=make_loader(test_part, cfg, shuffle=False), test_examples=len(test_part),
+    )
+
+
+def _test_slice(cfg: dict[str, Any], test_set: Any) -> Subset:
+    """This node's share of the test split, cut like the training split; all of it if that
+    share would be empty."""
+    part = client_partition(cfg, test_set)
+    return part if len(part) else Subset(test_set, list(range(len(test_set))))
+
+
+def _load(model: nn.Module, arrays: ArrayRecord) -> None:
+    names = list(model.state_dict())
+    keys = list(arrays.keys())
+    if keys != names and keys != [str(i) for i in range(len(names))]:
+        raise ValueError(f"arrays do not match the model: got {len(keys)} arrays "
+                         f"({', '.join(keys[:3])}...), the model has {len(names)}")
+    with warnings.catch_warnings():
+        # A tensor over read-only bytes is only read, by load_state_dict's copy.
+        warnings.simplefilter("ignore", UserWarning)
+        tensors = {name: torch.from_numpy(ndarray_view(arrays[key]))
+                   for name, key in zip(names, keys, strict=True)}
+    model.load_state_dict(tensors)
+
+
+def _arrays(model: nn.Module) -> ArrayRecord:
+    record = ArrayRecord()
+    for name, tensor in model.state_dict().items():
+        record[name] = array_from_numpy(tensor.detach().cpu().numpy())
+    return record
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    local = prepare(context)
+    _load(local.model, msg.content["arrays"])
+    start = time.perf_counter()
+    result = local.task.train(local.model, local.train_loader, local.cfg, local.device)
+    context.state[STATE_TIMING] = MetricRecord({"train_time_s": time.perf_counter() - start})
+    metrics = MetricRecord({"loss": float(result["loss"]), "num-examples": local.train_examples})
+    return Message(RecordDict({"arrays": _arrays(local.model), "metrics": metrics}),
+                   reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    local = prepare(context)
+    _load(local.model, msg.content["arrays"])
+    loss, accuracy = local.task.test(local.model, local.test_loader, local.cfg, local.device)
+    metrics = MetricRecord({"loss": float(loss), "accuracy": float(accuracy),
+                            "num-examples": local.test_examples})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
