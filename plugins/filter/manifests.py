@@ -8,10 +8,11 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests
 
 
-def k8s_manifests(plan, image=None, python=None, host_paths=None):
+def k8s_manifests(plan, image=None, python=None, host_paths=None, app_host_dir=None):
     """Multi-document YAML for ``plan`` (see manifests.render)."""
     try:
-        return manifests.render(plan, image=image, python=python, host_paths=host_paths)
+        return manifests.render(plan, image=image, python=python, host_paths=host_paths,
+                                app_host_dir=app_host_dir)
     except manifests.ManifestError as err:
         raise AnsibleFilterError(str(err)) from err
 
@@ -26,6 +27,11 @@ def k8s_stale(objects, text):
     return manifests.stale(objects, text)
 
 
+def app_node_dir(plan, app_host_dir=None):
+    """The node folder the pods mount the plan's Flower app from (manifests.app_node_dir)."""
+    return manifests.app_node_dir(plan, app_host_dir)
+
+
 def k8s_name(name):
     """A service name as its Kubernetes object name and podman alias (manifests.dns_name)."""
     return manifests.dns_name(name)
@@ -34,4 +40,4 @@ def k8s_name(name):
 class FilterModule:
     def filters(self):
         return {"k8s_manifests": k8s_manifests, "podman_units": podman_units,
-                "k8s_stale": k8s_stale, "k8s_name": k8s_name}
+                "k8s_stale": k8s_stale, "k8s_name": k8s_name, "app_node_dir": app_node_dir}

@@ -164,8 +164,10 @@ def write_archive(app, folder):
 
 def components(pipeline, app):
     """What the import check tries, one entry per inventory variable that names a component:
-    {var, path, kind (client_app | callable | strategy), kwargs}."""
+    {var, path, kind (app_folder | client_app | callable | strategy), kwargs}."""
     checks = []
+    if app is not None:  # its pyproject.toml as flwr (and so fl_service) reads it
+        checks.append({"var": "hfl_flower_app", "path": app.dir, "kind": "app_folder"})
     client_app = pipeline.client_app or (app.clientapp if app else "")
     if client_app:
         var = "hfl_client_app" if pipeline.client_app else "hfl_flower_app"
@@ -181,10 +183,10 @@ def components(pipeline, app):
     return checks
 
 
-# Runs in a fresh interpreter with the app folder first on sys.path: imports each component,
-# checks its kind against flwr 1.42's Message API (a ClientApp; a Strategy subclass), builds
-# each strategy with its kwargs. Writes {"errors": [[var, text]]} to
-# the file named by argv[2]; the user's code may print what it likes.
+# Runs in a fresh interpreter with the app folder first on sys.path: validates the folder's
+# pyproject.toml as flwr does, imports each component, checks its kind against flwr 1.42's
+# Message API (a ClientApp; a Strategy subclass), builds each strategy with its kwargs. Writes
+# {"errors": [[var, text]]} to the file named by argv[2]; the user's code may print at will.
 _CHECKER = r"""
 import importlib, json, sys
 app_dir, out, checks = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -211,6 +213,10 @@ def why(e):
 
 for c in checks:
     try:
+        if c["kind"] == "app_folder":
+            from flwr.common.config import get_project_config
+            get_project_config(c["path"])
+            continue
         obj = load(c["path"])
         if c["kind"] == "client_app":
             want = load("flwr.clientapp:ClientApp")

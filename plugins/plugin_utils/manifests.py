@@ -29,6 +29,10 @@ CONFIG_DIR = "/etc/hfl"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 STATE_DIR = "/var/lib/hfl/state"
 DATA_DIR = "/var/lib/hfl/data"
+# The Flower app (hfl_flower_app) inside every pod, mounted read-only from the node's folder
+# ``<app_host_dir>/<pipeline>`` that placement unpacks it into.
+APP_DIR = "/opt/hfl/app"
+DEFAULT_APP_HOST_DIR = "/var/lib/hfl/apps"
 GA_STATE_SIZE = "1Gi"
 MANAGER = "hfl.orchestration"
 INSTANCE = "app.kubernetes.io/instance"
@@ -36,6 +40,7 @@ PIPELINE = "hfl.io/pipeline"
 ROLE = "hfl.io/role"
 TIER = "hfl.io/tier"
 CONFIG_SHA = "hfl.io/config-sha256"
+APP_SHA = "hfl.io/app-sha256"
 _ROLE_ORDER = ("global_aggregator", "local_aggregator", "client")
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 _DOC_START = re.compile(r"^---\n", re.MULTILINE)
@@ -75,7 +80,16 @@ def cluster_config(service, services_by_name):
     if parent is not None:
         config["parent"] = f"{dns_name(parent)}:{services_by_name[parent]['port']}"
     config.update(bind_host="0.0.0.0", state_dir=STATE_DIR, data_dir=DATA_DIR)
+    if config.get("app_dir"):
+        config["app_dir"] = APP_DIR
     return config
+
+
+def app_node_dir(plan, app_host_dir=None):
+    """The folder on a node that holds the plan's Flower app for its pods (None: no app)."""
+    if not plan.get("app"):
+        return None
+    return f"{(app_host_dir or DEFAULT_APP_HOST_DIR).rstrip('/')}/{plan['pipeline']}"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -132,7 +146,7 @@ def _probe(initial_delay, period, failures):
     }
 
 
-def _deployment(ns, service, labels, config_text, image, python, host_paths):
+def _deployment(ns, service, labels, config_text, image, python, host_paths, app):
     name = dns_name(service["name"])
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -150,6 +164,14 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
     for i, path in enumerate(host_paths):
         mounts.append({"name": f"host-{i}", "mountPath": path, "readOnly": True})
         volumes.append({"name": f"host-{i}", "hostPath": {"path": path, "type": "Directory"}})
+    annotations = {CONFIG_SHA: hashlib.sha256(config_text.encode()).hexdigest()}
+    if app:
+        # The app's files are on the node (a ConfigMap holds neither folders nor 1 MiB);
+        # its digest in the template rolls the pod when they change.
+        mounts.append({"name": "app", "mountPath": APP_DIR, "readOnly": True})
+        volumes.append({"name": "app", "hostPath": {"path": app["node_dir"],
+                                                    "type": "Directory"}})
+        annotations[APP_SHA] = app["digest"]
     container = {
         "name": "fl-service",
         "image": image,
@@ -183,7 +205,7 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
                 "metadata": {
                     "labels": labels,
                     # A changed config rolls the pod (k3s); podman replays the changed unit.
-                    "annotations": {CONFIG_SHA: hashlib.sha256(config_text.encode()).hexdigest()},
+                    "annotations": annotations,
                 },
                 "spec": {
                     # The pod's pause/infra process is PID 1, so fl_service gets SIGTERM's
@@ -202,7 +224,7 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths):
     }
 
 
-def _service_docs(ns, service, services_by_name, image, python, host_paths, pipeline):
+def _service_docs(ns, service, services_by_name, image, python, host_paths, pipeline, app):
     name = dns_name(service["name"])
     labels = _labels(pipeline, service)
     # Sorted keys: the same config gives the same bytes whatever order the plan's dict has
@@ -225,7 +247,8 @@ def _service_docs(ns, service, services_by_name, image, python, host_paths, pipe
             "spec": {"accessModes": ["ReadWriteOnce"],
                      "resources": {"requests": {"storage": GA_STATE_SIZE}}},
         })
-    docs.append(_deployment(ns, service, labels, config_text, image, python, host_paths))
+    docs.append(_deployment(ns, service, labels, config_text, image, python, host_paths,
+                            app if service["config"].get("app_dir") else None))
     if service["role"] != "client":
         docs.append({
             "apiVersion": "v1",
@@ -240,11 +263,16 @@ def _service_docs(ns, service, services_by_name, image, python, host_paths, pipe
     return docs
 
 
-def render(plan, image=None, python=None, host_paths=None):
+def render(plan, image=None, python=None, host_paths=None, app_host_dir=None):
     """Multi-document YAML for ``plan``; ``image``/``python`` pick the container image and its
-    interpreter, ``host_paths`` lists host folders every pod mounts read-only."""
+    interpreter, ``host_paths`` lists host folders every pod mounts read-only, and a plan with
+    a Flower app mounts ``app_node_dir(plan, app_host_dir)`` read-only at ``APP_DIR``."""
     # Plain JSON copies: values straight from Ansible are str subclasses YAML cannot dump.
-    plan, image, python, host_paths = json.loads(json.dumps([plan, image, python, host_paths]))
+    plan, image, python, host_paths, app_host_dir = json.loads(json.dumps(
+        [plan, image, python, host_paths, app_host_dir]))
+    app = None
+    if plan.get("app"):
+        app = {"node_dir": app_node_dir(plan, app_host_dir), "digest": plan["app"]["digest"]}
     pipeline = plan["pipeline"]
     ns = namespace(pipeline)
     services = sorted(plan["services"],
@@ -260,7 +288,7 @@ def render(plan, image=None, python=None, host_paths=None):
              "metadata": {"name": ns, "labels": selector_labels(pipeline)}}]
     for s in services:
         docs += _service_docs(ns, s, by_name, image or DEFAULT_IMAGE, python or DEFAULT_PYTHON,
-                              list(host_paths or ()), pipeline)
+                              list(host_paths or ()), pipeline, app)
     return "".join("---\n" + _dump(d) for d in docs)
 
 

@@ -302,8 +302,10 @@ def test_import_check_passes_for_good_components(app_dir):
         app_dir, hfl_model="tinyapp.task:Net", hfl_evaluate_fn="tinyapp.task:evaluate",
         hfl_ga_strategy={"class": "flwr.serverapp.strategy:FedAdam", "kwargs": {"eta": 0.05}},
         hfl_la_strategy={"class": "tinyapp.strategy:Mine", "kwargs": {"boost": 2.0}})
-    assert [c["var"] for c in checks] == ["hfl_flower_app", "hfl_model", "hfl_evaluate_fn",
-                                          "hfl_ga_strategy", "hfl_la_strategy"]
+    assert [c["var"] for c in checks] == ["hfl_flower_app", "hfl_flower_app", "hfl_model",
+                                          "hfl_evaluate_fn", "hfl_ga_strategy",
+                                          "hfl_la_strategy"]
+    assert [c["kind"] for c in checks[:2]] == ["app_folder", "client_app"]
     assert flower_app.import_check(checks, app.dir, sys.executable, "host ga") == ([], "")
     # The user's folder is left as it was (no byte code written into it).
     assert [p.name for p in app_dir.glob("**/*.pyc")] == ["task.cpython-311.pyc"]
@@ -330,6 +332,15 @@ def test_import_check_names_the_variable_of_each_bad_component(app_dir):
     assert "unexpected keyword argument 'etaa'" in errors[3]
     assert errors[4].startswith("host ga: hfl_la_strategy: 'tinyapp.task:Net': TypeError: ")
     assert len(errors) == 5 and all("\n" not in e for e in errors)
+
+
+def test_import_check_validates_the_pyproject_as_flwr_does(app_dir):
+    text = PYPROJECT.replace('publisher = "hfl"\n', "")
+    (app_dir / "pyproject.toml").write_text(text)
+    checks, app = checks_for(app_dir)
+    errors, _ = flower_app.import_check(checks, app.dir, sys.executable, "host ga")
+    assert errors == [f"host ga: hfl_flower_app: '{app_dir}': ValueError: Invalid "
+                      f"pyproject.toml: - Property \"publisher\" missing in [tool.flwr.app]"]
 
 
 def test_import_check_survives_a_module_that_exits(app_dir):

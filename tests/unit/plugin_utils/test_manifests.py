@@ -11,7 +11,12 @@ import yaml
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.manager import VariableManager
-from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests, plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
+    flower_app,
+    manifests,
+    plan,
+    topology,
+)
 from inventory_fixtures import PIPELINE_VARS, local_hfl
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -211,3 +216,40 @@ def test_hfl_bytes_do_not_depend_on_key_order():
     p = plan.make_plan(topology.build(*local_hfl()))
     reordered = json.loads(json.dumps(p, sort_keys=True))
     assert manifests.render(reordered) == manifests.render(p)
+
+
+def app_plan(digest="ab" * 32):
+    app = flower_app.App(dir="/home/me/quickstart-hfl", digest=digest, files=(),
+                         clientapp="task.client_app:app")
+    return plan.make_plan(topology.build(*local_hfl()), app=app)
+
+
+def test_hfl_flower_app_is_a_read_only_host_folder_in_every_pod():
+    p = app_plan()
+    text = manifests.render(p, app_host_dir="/srv/apps/")
+    assert manifests.app_node_dir(p, "/srv/apps/") == "/srv/apps/demo"
+    assert manifests.app_node_dir(p) == "/var/lib/hfl/apps/demo"
+    assert manifests.app_node_dir(plan.make_plan(topology.build(*local_hfl()))) is None
+    version = pinned_kubernetes()
+    objs = docs(text)
+    for obj in objs:
+        kubernetes_validate.validate(obj, version, strict=True)
+    for d in by_kind(objs, "Deployment").values():
+        pod = d["spec"]["template"]["spec"]
+        assert {"name": "app", "hostPath": {"path": "/srv/apps/demo", "type": "Directory"}} in (
+            pod["volumes"])
+        assert {"name": "app", "mountPath": "/opt/hfl/app", "readOnly": True} in (
+            pod["containers"][0]["volumeMounts"])
+        assert d["spec"]["template"]["metadata"]["annotations"]["hfl.io/app-sha256"] == "ab" * 32
+    for cm in by_kind(objs, "ConfigMap").values():
+        assert yaml.safe_load(cm["data"]["config.yaml"])["app_dir"] == "/opt/hfl/app"
+
+
+def test_hfl_changed_flower_app_replays_every_unit_same_app_none():
+    def units(p):
+        return {u["name"]: u["kube"] for u in manifests.podman_units(manifests.render(p))}
+
+    before = units(app_plan())
+    assert units(app_plan()) == before
+    after = units(app_plan("cd" * 32))
+    assert all(after[n] != before[n] for n in before)

@@ -1,0 +1,1 @@
+"""tinyhfl: a tiny Flower app on scikit-learn's digits."""
