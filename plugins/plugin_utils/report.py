@@ -78,6 +78,30 @@ def plot_learning(ga: list[dict], changes: list[dict]) -> str:
     return _png(fig)
 
 
+def federated_series(ga: list[dict]) -> dict[str, dict[int, float]]:
+    """The GA's federated evaluation (its lines' ``federated`` metrics, aggregated over the
+    clients' own data): metric -> {global round: value}; ``num-examples`` is a weight, not a
+    figure, and is left out."""
+    out: dict[str, dict[int, float]] = {}
+    for line in ga:
+        for name, value in sorted((line.get("federated") or {}).items()):
+            if name != "num-examples" and isinstance(value, int | float) \
+                    and not isinstance(value, bool):
+                out.setdefault(name, {})[int(line["global_round"])] = float(value)
+    return out
+
+
+def plot_federated(series: dict[str, dict[int, float]]) -> str:
+    fig, ax = plt.subplots(figsize=(10, 3.2))
+    for name, points in series.items():
+        ax.plot(list(points), list(points.values()), marker="o", ms=3, label=name)
+    ax.set(title="Federated evaluation (clients' own data) per global round",
+           xlabel="global round", ylabel="value")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _png(fig)
+
+
 def cumulative_cost(results: dict[str, list[dict]], weights: dict, events: list[dict]
                     ) -> dict[int, float]:
     """Measured cost per global round, accumulated, with booked change costs at their round."""
@@ -172,8 +196,11 @@ def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
     cum = cumulative_cost(results, weights, events)
     last = ga[-1] if ga else {}
     stop = next((e["reason"] for e in reversed(events) if e.get("action") == "stop"), None)
+    federated = federated_series(ga)
+    last_federated = {name: _round(points[max(points)]) for name, points in federated.items()}
     facts = [("pipeline", pipeline), ("global rounds", last.get("global_round", 0)),
              ("final accuracy", last.get("accuracy")), ("final loss", last.get("loss")),
+             *([("last federated evaluation", last_federated)] if federated else []),
              ("total cost", round(max(cum.values()), 3) if cum else 0), ("budget", budget),
              ("reconfigurations", len(changes)), ("orchestrator stop", stop)]
     parts = [
@@ -189,6 +216,9 @@ def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
     ]
     if ga:
         parts += ["<h2>Learning</h2>", _img(plot_learning(ga, changes), "accuracy and loss")]
+    if federated:
+        parts += ["<h2>Federated evaluation</h2>",
+                  _img(plot_federated(federated), "federated evaluation metrics")]
     if cum:
         parts += ["<h2>Cost</h2>", _img(plot_cost(cum, budget, changes), "cumulative cost")]
     if changes:

@@ -60,6 +60,22 @@ def test_report_is_self_contained_with_every_section():
         assert text in page
 
 
+def test_federated_evaluation_is_a_plot_and_a_fact():
+    results = run_results(4)
+    for line in results["ga"]:
+        if line["global_round"] % 2 == 0:  # hfl_evaluate_every: 2
+            line["federated"] = {"eval_acc": 0.2 * line["global_round"], "eval_loss": 1.0,
+                                 "num-examples": 1347}
+    assert report.federated_series(results["ga"]) == {
+        "eval_acc": {2: 0.4, 4: 0.8}, "eval_loss": {2: 1.0, 4: 1.0}}
+    page = report.render("demo", results, [], W)
+    assert "<h2>Federated evaluation</h2>" in page
+    assert "last federated evaluation</th><td>{&#x27;eval_acc&#x27;: 0.8" in page
+    assert page.count('src="data:image/png;base64,') == 4  # learning, federated, cost, data
+    plain = report.render("demo", run_results(4), [], W)
+    assert "Federated evaluation" not in plain and "federated" not in plain
+
+
 def test_report_of_a_run_without_orchestrator_or_results_still_renders():
     page = report.render("empty", {}, [], {}, budget=None)
     assert "<h1>HFL report: empty</h1>" in page and "<img" not in page
