@@ -1,0 +1,1 @@
+"""quickstart-hfl: a Flower / PyTorch app on scikit-learn's digits."""
