@@ -1,9 +1,10 @@
 """FedAvg kernel and update validation.
 
-An update is a list of numpy arrays (one per model tensor, in the model's order) plus the number
-of training examples behind it. `fedavg` averages a batch of updates weighted by their example
-counts; `FedAvgAccumulator` folds updates in one at a time as they arrive, so that the work left
-after the last update is small. Both return arrays of the input dtypes.
+An update is a model as `Arrays` (a dict of numpy arrays by state_dict name, the wire's
+ArrayRecord keys) plus the number of training examples behind it. `fedavg` averages a batch of
+updates weighted by their example counts; `FedAvgAccumulator` folds updates in one at a time
+as they arrive, so that the work left after the last update is small. Both return arrays of
+the input dtypes.
 
 Speed: averaging is bound by memory bandwidth. The kernel walks each tensor in chunks that fit
 in the L2 cache and, inside a chunk, over all updates with BLAS axpy (y += a*x, one fused pass),
@@ -21,7 +22,8 @@ float16, and integers like BatchNorm's `num_batches_tracked`) in float64, then c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.linalg import blas
@@ -36,28 +38,39 @@ _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 # process runtime puts aggregators beside training clients): under load, 50 ResNet-18 updates
 # took 17.5 s with 2 BLAS threads and 0.16 s with one. Limiting costs ~0.1 ms per call.
 _BLAS_THREADS = ThreadpoolController()
+Arrays = dict[str, np.ndarray]  # as fl_service.transport.Arrays (this module imports no wire)
 
 
-def validate_update(
-    reference: Sequence[np.ndarray], update: Sequence[np.ndarray], num_examples: object
-) -> str | None:
+def validate_update(reference: Mapping[str, np.ndarray], update: Mapping[str, Any]) -> str | None:
     """Return why `update` cannot be averaged with the model `reference`, or None if it can."""
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
-        return f"num_examples must be a positive integer, got {num_examples!r}"
-    if num_examples <= 0:
-        return f"num_examples must be a positive integer, got {num_examples}"
-    if len(update) != len(reference):
-        return f"expected {len(reference)} tensors, got {len(update)}"
-    for i, (ref, arr) in enumerate(zip(reference, update, strict=True)):
+    if update.keys() != reference.keys():
+        missing = [k for k in reference if k not in update]
+        extra = [k for k in update if k not in reference]
+        return f"tensor names differ from the model's: missing {missing[:3]}, extra {extra[:3]}"
+    for name, ref in reference.items():
+        arr = update[name]
         if not isinstance(arr, np.ndarray):
-            return f"tensor {i}: not an array ({type(arr).__name__})"
+            return f"tensor {name}: not an array ({type(arr).__name__})"
         if arr.shape != ref.shape:
-            return f"tensor {i}: shape {arr.shape} differs from the model's {ref.shape}"
+            return f"tensor {name}: shape {arr.shape} differs from the model's {ref.shape}"
         if arr.dtype != ref.dtype:
-            return f"tensor {i}: dtype {arr.dtype} differs from the model's {ref.dtype}"
+            return f"tensor {name}: dtype {arr.dtype} differs from the model's {ref.dtype}"
         if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            return f"tensor {i}: contains NaN or Inf"
+            return f"tensor {name}: contains NaN or Inf"
     return None
+
+
+def cast_like(reference: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> Arrays:
+    """`arrays` in `reference`'s dtypes (integers rounded); names not in `reference` kept as-is.
+
+    Flower's strategies return float64 for integer buffers (BatchNorm's num_batches_tracked)."""
+    out: Arrays = {}
+    for name, arr in arrays.items():
+        ref = reference.get(name)
+        if ref is not None and isinstance(arr, np.ndarray) and arr.dtype != ref.dtype:
+            arr = np.asarray(np.rint(arr) if ref.dtype.kind in "iub" else arr, dtype=ref.dtype)
+        out[name] = arr
+    return out
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:
@@ -81,34 +94,33 @@ def _fold(
             axpy(flat[lo:hi], acc, a=w)  # updates acc in place: it is contiguous, of axpy's type
 
 
-def _finish(
-    sums: list[np.ndarray], scale: float | None, dtypes: list[np.dtype]
-) -> list[np.ndarray]:
+def _finish(sums: Arrays, scale: float | None, dtypes: dict[str, np.dtype]) -> Arrays:
     """Cast sums back to the input dtypes; with `scale`, into new arrays (sums stay valid)."""
-    result = []
-    for s, dtype in zip(sums, dtypes, strict=True):
+    result = {}
+    for name, s in sums.items():
+        dtype = dtypes[name]
         if scale is not None:
             s = np.multiply(s, s.dtype.type(scale))
         if s.dtype != dtype:
             s = np.rint(s).astype(dtype) if dtype.kind in "iub" else s.astype(dtype)
-        result.append(s)
+        result[name] = np.asarray(s)  # ufuncs make numpy scalars of 0-d arrays
     return result
 
 
-def fedavg(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> list[np.ndarray]:
+def fedavg(updates: Sequence[tuple[Mapping[str, np.ndarray], int]]) -> Arrays:
     """Sample-weighted average of `updates` [(arrays, num_examples), ...]; validate them first."""
     if not updates:
         raise ValueError("fedavg: no updates")
     total = sum(n for _, n in updates)
     weights = [float(n) / total for _, n in updates]  # Python floats: never upcast to float64
     first = updates[0][0]
-    sums = []
+    sums = {}
     with _BLAS_THREADS.limit(limits=1, user_api="blas"):
-        for t, ref in enumerate(first):
+        for name, ref in first.items():
             out = np.empty(ref.shape, dtype=_sum_dtype(ref.dtype))
-            _fold(out, [arrays[t] for arrays, _ in updates], weights, start=True)
-            sums.append(out)
-    return _finish(sums, None, [a.dtype for a in first])
+            _fold(out, [arrays[name] for arrays, _ in updates], weights, start=True)
+            sums[name] = out
+    return _finish(sums, None, {name: a.dtype for name, a in first.items()})
 
 
 class FedAvgAccumulator:
@@ -124,13 +136,13 @@ class FedAvgAccumulator:
         if batch < 1:
             raise ValueError("batch must be >= 1")
         self.batch = batch
-        self._pending: list[tuple[Sequence[np.ndarray], int]] = []
-        self._sums: list[np.ndarray] | None = None
-        self._dtypes: list[np.dtype] = []
+        self._pending: list[tuple[Mapping[str, np.ndarray], int]] = []
+        self._sums: Arrays | None = None
+        self._dtypes: dict[str, np.dtype] = {}
         self.num_examples = 0
         self.num_updates = 0
 
-    def add(self, update: Sequence[np.ndarray], num_examples: int) -> None:
+    def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
         self._pending.append((update, num_examples))
         self.num_examples += num_examples
         self.num_updates += 1
@@ -143,15 +155,16 @@ class FedAvgAccumulator:
         start = self._sums is None
         if start:
             first = self._pending[0][0]
-            self._dtypes = [a.dtype for a in first]
-            self._sums = [np.empty(a.shape, dtype=_sum_dtype(a.dtype)) for a in first]
+            self._dtypes = {name: a.dtype for name, a in first.items()}
+            self._sums = {name: np.empty(a.shape, dtype=_sum_dtype(a.dtype))
+                          for name, a in first.items()}
         weights = [float(n) for _, n in self._pending]
         with _BLAS_THREADS.limit(limits=1, user_api="blas"):
-            for t, out in enumerate(self._sums):
-                _fold(out, [arrays[t] for arrays, _ in self._pending], weights, start=start)
+            for name, out in self._sums.items():
+                _fold(out, [arrays[name] for arrays, _ in self._pending], weights, start=start)
         self._pending.clear()
 
-    def result(self) -> list[np.ndarray]:
+    def result(self) -> Arrays:
         if self.num_updates == 0:
             raise ValueError("FedAvgAccumulator: no updates")
         self._flush()

@@ -30,12 +30,18 @@ class ServiceState:
         self.pipeline = cfg["pipeline"]
         self.parent = cfg["parent"] or None
         self.parent_name: str | None = None
+        # A child's last failed attempt to join its parent: the error, and when it began
+        # (time.monotonic()); both None once joined. /status shows the begin as an age.
+        self.parent_error: str | None = None
+        self.parent_error_at: float | None = None
         self.state = "starting"
         self.global_round = 0
         self.local_round = 0
         self.global_rounds = cfg["global_rounds"] if self.role == GA else None
         self.last_metrics: dict[str, float | None] = {"accuracy": None, "loss": None}
         self.rejected_updates = 0
+        self.failed_aggregations = 0  # rounds whose strategy gave no usable aggregate
+        self.last_federated_metrics: dict[str, Any] | None = None  # last federated evaluation
         self.num_examples = 0
         self.histogram: dict[str, int] = {}
         self.final_model: str | None = None
@@ -58,6 +64,10 @@ class ServiceState:
         with self._lock:
             self.rejected_updates += 1
 
+    def count_failed_aggregation(self) -> None:
+        with self._lock:
+            self.failed_aggregations += 1
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -66,6 +76,9 @@ class ServiceState:
                 "pipeline": self.pipeline,
                 "parent": self.parent,
                 "parent_name": self.parent_name,
+                "parent_error": self.parent_error,
+                "parent_error_age_s": (None if self.parent_error_at is None else
+                                       round(time.monotonic() - self.parent_error_at, 3)),
                 "state": self.state,
                 "global_round": self.global_round,
                 "local_round": self.local_round,
@@ -74,6 +87,9 @@ class ServiceState:
                 "links": self.links.snapshot(),
                 "children": sorted(self.children()),
                 "rejected_updates": self.rejected_updates,
+                "failed_aggregations": self.failed_aggregations,
+                "last_federated_metrics": (dict(self.last_federated_metrics)
+                                           if self.last_federated_metrics is not None else None),
                 "num_examples": self.num_examples,
                 "histogram": dict(self.histogram),
                 "final_model": self.final_model,
@@ -114,6 +130,18 @@ class _StateCollector:
         rejected = CounterMetricFamily("hfl_rejected_updates", "updates rejected", labels=labels)
         rejected.add_metric(own, s["rejected_updates"])
         yield rejected
+        failed = CounterMetricFamily("hfl_failed_aggregations",
+                                     "rounds whose strategy gave no usable aggregate",
+                                     labels=labels)
+        failed.add_metric(own, s["failed_aggregations"])
+        yield failed
+        federated = GaugeMetricFamily("hfl_federated_metric",
+                                      "last federated evaluation, one sample per metric",
+                                      labels=[*labels, "name"])
+        for name, value in (s["last_federated_metrics"] or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                federated.add_metric([*own, name], float(value))
+        yield federated
         for direction in ("sent", "received"):
             family = CounterMetricFamily(
                 f"hfl_link_{direction}_bytes", f"bytes {direction} on each link",

@@ -6,7 +6,8 @@ Children talk to their aggregator over HTTP/1.1 with one persistent connection e
   POST /fl/update a frame with the child's result for one task
   POST /fl/leave  {name}
 A frame is a 4-byte big-endian header length, a JSON header, then the model as the protobuf
-bytes of a Flower `ArrayRecord` (exactly what flwr.common.serde writes). Measured with flwr 1.42.0
+bytes of a Flower `ArrayRecord` keyed by state_dict names (exactly what flwr.common.serde
+writes); in Python a model is `Arrays`, a dict of numpy arrays by name. Measured with flwr 1.42.0
 (bench/round_overhead.py); a long-polled task is answered the moment a round opens, so the
 protocol is push-like without Flower's 3 s polling. Bytes (request and response, headers
 included) are counted per peer name at both ends.
@@ -23,7 +24,8 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -37,6 +39,7 @@ POLL_HOLD_S = 15.0  # how long the aggregator holds a task poll before answering
 _HEADER_LEN = struct.Struct(">I")
 FRAME_TYPE = "application/x-hfl-frame"
 JSON_TYPE = "application/json"
+Arrays = dict[str, np.ndarray]  # a model: state_dict names -> arrays, in state_dict order
 
 
 # ---------------------------------------------------------------- frames
@@ -69,10 +72,10 @@ def _string_field(number: int, text: str) -> bytes:
     return _field(number, len(data)) + data
 
 
-def _array_record_parts(arrays: Sequence[np.ndarray]) -> list[bytes | memoryview]:
-    """ArrayRecord{items: [Item{key: "i", value: Array{dtype, shape, stype, data: npy}}]}."""
+def _array_record_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
+    """ArrayRecord{items: [Item{key: name, value: Array{dtype, shape, stype, data: npy}}]}."""
     parts: list[bytes | memoryview] = []
-    for index, array in enumerate(arrays):
+    for name, array in arrays.items():
         array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
         npy_header = io.BytesIO()
         npy_format.write_array_header_1_0(npy_header, npy_format.header_data_from_array_1_0(array))
@@ -85,7 +88,7 @@ def _array_record_parts(arrays: Sequence[np.ndarray]) -> list[bytes | memoryview
             + _field(4, len(npy) + array.nbytes)
             + npy
         )
-        item_head = _string_field(1, str(index)) + _field(2, len(array_head) + array.nbytes)
+        item_head = _string_field(1, name) + _field(2, len(array_head) + array.nbytes)
         parts += [_field(1, len(item_head) + len(array_head) + array.nbytes), item_head,
                   array_head, memoryview(array.reshape(-1)).cast("B")]
     return parts
@@ -106,7 +109,8 @@ def _npy_view(data: bytes) -> np.ndarray:
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def encode_frame(header: dict[str, Any], arrays: Sequence[np.ndarray] | None) -> bytes:
+def encode_frame(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None) -> bytes:
+    """`arrays`: the model by state_dict name, in state_dict order (the ArrayRecord's keys)."""
     head = json.dumps(header).encode()
     parts: list[bytes | memoryview] = [_HEADER_LEN.pack(len(head)), head]
     if arrays is not None:
@@ -114,8 +118,8 @@ def encode_frame(header: dict[str, Any], arrays: Sequence[np.ndarray] | None) ->
     return b"".join(parts)
 
 
-def decode_frame(frame: bytes) -> tuple[dict[str, Any], list[np.ndarray] | None]:
-    """Raises ValueError on a malformed frame."""
+def decode_frame(frame: bytes) -> tuple[dict[str, Any], Arrays | None]:
+    """(header, arrays by name as read-only views, or None); ValueError on a malformed frame."""
     if len(frame) < _HEADER_LEN.size:
         raise ValueError("frame shorter than its length prefix")
     (head_len,) = _HEADER_LEN.unpack_from(frame)
@@ -133,11 +137,13 @@ def decode_frame(frame: bytes) -> tuple[dict[str, Any], list[np.ndarray] | None]
     proto = ArrayRecordProto()
     try:
         proto.ParseFromString(memoryview(frame)[end:])
-        arrays = []
+        arrays: Arrays = {}
         for item in proto.items:
             if item.value.stype != NPY_STYPE:
                 raise ValueError(f"array {item.key}: stype {item.value.stype!r}")
-            arrays.append(_npy_view(item.value.data))
+            if item.key in arrays:
+                raise ValueError(f"array {item.key} twice")
+            arrays[item.key] = _npy_view(item.value.data)
     except Exception as exc:  # protobuf and numpy raise many kinds on garbage
         raise ValueError(f"frame model is not an ArrayRecord: {exc}") from None
     return header, arrays
@@ -162,6 +168,117 @@ class LinkCounters:
             return {p: {"sent_bytes": s, "received_bytes": r} for p, (s, r) in self._links.items()}
 
 
+# ---------------------------------------------------------------- tasks and updates
+# Task header: {task_id, type: "train" | "evaluate", global_round, local_round, config}; both
+# types carry the model. `config` is a Flower ConfigRecord as JSON and always holds
+# "server-round" (= global_round) and "local-round" (0 in a task from the GA).
+# Update headers (child -> parent), one of:
+#   train:    {task_id, name, num_examples, metrics, histogram, train_time_s} + the model
+#   evaluate: {task_id, name, num_examples, metrics}, no model
+#   error:    {task_id, name, error: "<one line>"}, no model (the child's handler failed)
+#   abstain:  {task_id, name, abstain: true}, no model (an LA none of whose clients answered)
+# `metrics` is a Flower MetricRecord as JSON; metrics["num-examples"] == num_examples.
+TRAIN, EVALUATE = "train", "evaluate"
+NUM_EXAMPLES = "num-examples"  # Flower's weighting key in a MetricRecord
+
+
+def encode_task(
+    task_id: str, kind: str, global_round: int, local_round: int, config: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+) -> bytes:
+    header = {"task_id": task_id, "type": kind, "global_round": global_round,
+              "local_round": local_round, "config": dict(config)}
+    return encode_frame(header, arrays)
+
+
+def train_update(task_id: str, num_examples: int, metrics: Mapping[str, Any],
+                 histogram: Mapping[str, int] | None = None,
+                 train_time_s: float = 0.0) -> dict[str, Any]:
+    """The header of a train reply (send it with the trained model)."""
+    return {"task_id": task_id, "num_examples": num_examples,
+            "metrics": {**metrics, NUM_EXAMPLES: num_examples},
+            "histogram": dict(histogram or {}), "train_time_s": train_time_s}
+
+
+def evaluate_update(task_id: str, num_examples: int, metrics: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+    """The header of an evaluate reply (sent without a model)."""
+    return {"task_id": task_id, "num_examples": num_examples,
+            "metrics": {**metrics, NUM_EXAMPLES: num_examples}}
+
+
+def error_update(task_id: str, error: str) -> dict[str, Any]:
+    """The header of an error reply (sent without a model)."""
+    lines = str(error).strip().splitlines()
+    return {"task_id": task_id, "error": lines[0] if lines else "error"}
+
+
+def abstain_update(task_id: str) -> dict[str, Any]:
+    return {"task_id": task_id, "abstain": True}
+
+
+@dataclass
+class Update:
+    """A child's reply as the aggregator reads it. `invalid` says why it cannot be used."""
+
+    task_id: str
+    arrays: Arrays | None
+    num_examples: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    histogram: dict[str, int] = field(default_factory=dict)
+    train_time_s: float = 0.0
+    error: str | None = None
+    abstain: bool = False
+    invalid: str | None = None
+
+
+def _is_metric(value: Any) -> bool:
+    def scalar(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if isinstance(value, list):
+        return all(scalar(v) for v in value) and len({type(v) for v in value}) <= 1
+    return scalar(value)
+
+
+def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
+    """Read an update header; never raises (a bad one comes back with `invalid` set)."""
+    update = Update(task_id=str(header.get("task_id", "")), arrays=arrays)
+    if header.get("abstain") is True or "error" in header:
+        if arrays is not None:
+            update.invalid = "an abstain or error reply carries no model"
+        elif header.get("abstain") is True:
+            update.abstain = True
+        else:
+            lines = str(header["error"]).strip().splitlines()
+            update.error = lines[0][:500] if lines else "error"
+        return update
+    num_examples = header.get("num_examples")
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
+        update.invalid = f"num_examples must be a positive integer, got {num_examples!r}"
+        return update
+    update.num_examples = num_examples
+    metrics = header.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and _is_metric(v) for k, v in metrics.items()
+    ):
+        update.invalid = "metrics must map names to numbers or lists of one number type"
+        return update
+    if metrics.get(NUM_EXAMPLES, num_examples) != num_examples:
+        update.invalid = (f"metrics {NUM_EXAMPLES} {metrics[NUM_EXAMPLES]!r} differs from "
+                          f"num_examples {num_examples}")
+        return update
+    update.metrics = {**metrics, NUM_EXAMPLES: num_examples}
+    histogram = header.get("histogram") or {}
+    if isinstance(histogram, dict):
+        update.histogram = {str(k): int(v) for k, v in histogram.items()
+                            if isinstance(v, int) and not isinstance(v, bool)}
+    train_time = header.get("train_time_s")
+    if isinstance(train_time, int | float) and not isinstance(train_time, bool):
+        update.train_time_s = float(train_time)
+    return update
+
+
 # ---------------------------------------------------------------- aggregator side
 class Aggregator(Protocol):
     """What an aggregator (GA, LA) does for the protocol's four calls."""
@@ -173,20 +290,13 @@ class Aggregator(Protocol):
     def next_task(self, child: str, after: str, timeout: float) -> bytes | str | None:
         """A task frame, FINISHED, or None when nothing came within `timeout`."""
 
-    def submit(self, child: str, header: dict[str, Any], arrays: list[np.ndarray] | None) -> Reply:
+    def submit(self, child: str, update: Update) -> Reply:
         """Take one update; `accepted_reply` / `rejected_reply` build the answer."""
 
     def leave(self, child: str) -> None: ...
 
 
 FINISHED = "finished"
-
-
-def encode_task(
-    task_id: str, global_round: int, local_round: int, arrays: Sequence[np.ndarray]
-) -> bytes:
-    header = {"task_id": task_id, "global_round": global_round, "local_round": local_round}
-    return encode_frame(header, arrays)
 
 
 def _json_reply(status: int, payload: dict[str, Any], peer: str | None) -> Reply:
@@ -199,6 +309,10 @@ def accepted_reply(child: str) -> Reply:
 
 def abstained_reply(child: str) -> Reply:
     return _json_reply(200, {"accepted": False, "reason": "abstained"}, child)
+
+
+def error_recorded_reply(child: str) -> Reply:
+    return _json_reply(200, {"accepted": False, "reason": "error recorded"}, child)
 
 
 def rejected_reply(child: str, reason: str, stale: bool = False) -> Reply:
@@ -234,7 +348,7 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
         child = str(header.get("name", ""))
         if not child:
             return _json_reply(400, {"accepted": False, "reason": "name missing"}, None)
-        return agg.submit(child, header, arrays)
+        return agg.submit(child, parse_update(header, arrays))
 
     def leave(query: dict[str, str], body: bytes) -> Reply:
         child = str(json.loads(body or b"{}").get("name", ""))
@@ -349,9 +463,7 @@ class ParentLink:
         self.links.add(self.peer, sent, received)
         return self.peer
 
-    def poll_task(
-        self, after: str
-    ) -> tuple[dict[str, Any], list[np.ndarray]] | str | None:
+    def poll_task(self, after: str) -> tuple[dict[str, Any], Arrays] | str | None:
         """Long-poll: (header, arrays) of a new task, FINISHED, or None (nothing yet)."""
         query = urlencode({"name": self.name, "after": after})
         status, ctype, data = self._request("GET", f"/fl/task?{query}", b"", JSON_TYPE,
@@ -368,9 +480,10 @@ class ParentLink:
         return FINISHED if json.loads(data).get("finished") else None
 
     def send_update(
-        self, header: dict[str, Any], arrays: Sequence[np.ndarray] | None
+        self, header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None
     ) -> tuple[bool, str]:
-        """(accepted, reason). The header must carry task_id and num_examples."""
+        """(accepted, reason). `header` from train_update, evaluate_update, error_update or
+        abstain_update; the model goes with a train update only."""
         frame = encode_frame({**header, "name": self.name}, arrays)
         status, _, data = self._request("POST", "/fl/update", frame, FRAME_TYPE, 60.0)
         if status not in (200, 409, 422, 400):

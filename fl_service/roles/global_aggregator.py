@@ -1,5 +1,14 @@
 """GA: owns the global model and round counter, evaluates centrally, checkpoints every round.
 
+Each global round: the strategy's configure_train gives the task's config (cfg["train_config"]
+under its additions; "server-round" = the global round, "local-round" = 0), every live child
+is asked, the strategy aggregates (fl_service.strategy), then central evaluation
+(cfg["evaluate_fn"], else the task's test), the checkpoint (model, round, history, strategy
+state) and, every cfg["evaluate_every"] rounds, federated evaluation: an evaluate task with the
+new model, aggregated by the strategy's aggregate_evaluate (results `federated`, /status
+`last_federated_metrics`). Training rounds are never lost; an evaluate round that gets too few
+answers is logged and skipped.
+
 The number of global rounds can be changed while it runs (`/control {"global_rounds": N}`, the
 orchestrator's budget stop): it is kept in <state_dir>/global_rounds.json so a GA restarted with
 the same config keeps it. A finished GA given more rounds goes on training.
@@ -11,20 +20,24 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+from flwr.app import Array, ArrayRecord
 from torch import nn
-from torch.utils.data import DataLoader
 
 from fl_service.checkpoint import load_checkpoint, save_checkpoint, save_final_model
+from fl_service.config import ConfigError
 from fl_service.datasets import make_loader
 from fl_service.device import pick_device
+from fl_service.flower_app import load_app_folder
 from fl_service.http_server import Route
-from fl_service.roles.rounds import RoundCoordinator
+from fl_service.imports import load_object
+from fl_service.roles.rounds import RoundCoordinator, strategy_round
 from fl_service.roles.service import Service, load_arrays, model_arrays
+from fl_service.strategy import build_driver, config_record, freeze_heap
 from fl_service.task_loader import load_task
-from fl_service.transport import aggregator_routes
+from fl_service.transport import EVALUATE, TRAIN, Arrays, aggregator_routes
 
 log = logging.getLogger("fl_service.ga")
 ROUNDS_OVERRIDE = "global_rounds.json"
@@ -32,9 +45,16 @@ ROUNDS_OVERRIDE = "global_rounds.json"
 
 class GlobalAggregator(Service):
     def __init__(self, cfg: dict[str, Any]) -> None:
-        # Task and device first: a bad `task` or `device` stops us before anything is written.
+        # Everything that can be misconfigured first, so it stops us before anything is written.
+        load_app_folder(str(cfg.get("app_dir") or ""))  # `model`, `evaluate_fn` may live there
         self.task = load_task(cfg)
         self.device = pick_device(cfg)
+        self.driver = build_driver(cfg)
+        self.train_config = dict(config_record(cfg.get("train_config") or {}, "train_config"))
+        self.evaluate_config = dict(config_record(cfg.get("evaluate_config") or {},
+                                                  "evaluate_config"))
+        self.model_fn = _callable(cfg, "model")
+        self.evaluate_fn = _callable(cfg, "evaluate_fn")
         super().__init__(cfg)
         self.coordinator = RoundCoordinator(cfg["name"], self.state)
         self._rounds = threading.Condition()
@@ -49,10 +69,15 @@ class GlobalAggregator(Service):
             self._done = int(self._checkpoint["round"])
             self._history = list(self._checkpoint["history"])
             self.state.set(global_round=self._done)
-            log.info("%s: resuming after global round %d", cfg["name"], self._done)
+            restored = self.driver.restore(self._checkpoint["strategy_state"])
+            log.info("%s: resuming after global round %d%s", cfg["name"], self._done,
+                     " with the strategy's state" if restored else "")
         if self._history:
             last = self._history[-1]
             self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]})
+            federated = [h["federated"] for h in self._history if h.get("federated")]
+            if federated:
+                self.state.set(last_federated_metrics=federated[-1])
 
     # ------------------------------------------------------------ global_rounds control
     def _load_override(self) -> int:
@@ -93,18 +118,21 @@ class GlobalAggregator(Service):
     # ------------------------------------------------------------ rounds
     def run(self) -> None:
         cfg = self.cfg
-        model = self.task.load_model(cfg)
-        _, test_set = self.task.load_data(cfg)
-        test_loader = make_loader(test_set, cfg, shuffle=False)
+        model = self.model_fn() if self.model_fn is not None else self.task.load_model(cfg)
+        if not isinstance(model, nn.Module):
+            raise ConfigError("model", f"{cfg['model']} returned {type(model).__name__}, "
+                              "not a torch nn.Module")
+        evaluate = self._central_evaluation(model)
         history = self._history
         if self._checkpoint is not None:
             model.load_state_dict(self._checkpoint["model"])
             self._checkpoint = None  # the model holds it now
         arrays = model_arrays(model)
+        freeze_heap()
         while True:
             if self._done < self._target():
                 self.state.set(global_round=self._done + 1)
-                result = self._global_round(self._done + 1, arrays, model, test_loader, history)
+                result = self._global_round(self._done + 1, arrays, model, evaluate, history)
                 if result is not None:
                     arrays = result
                 continue
@@ -114,6 +142,32 @@ class GlobalAggregator(Service):
             self.coordinator.set_finished(False)
             log.info("%s: going on to global round %d", cfg["name"], self._target())
 
+    def _central_evaluation(
+        self, model: nn.Module
+    ) -> Callable[[int, Arrays], dict[str, Any] | None]:
+        """cfg["evaluate_fn"] (Flower's global_evaluate shape), else the task's test on the test
+        split; none when a user's `model` comes without an `evaluate_fn`."""
+        cfg = self.cfg
+        if self.evaluate_fn is not None:
+            def user(server_round: int, arrays: Arrays) -> dict[str, Any] | None:
+                metrics = self.evaluate_fn(server_round, _record(arrays))
+                return None if metrics is None else dict(metrics)
+
+            return user
+        if self.model_fn is not None:
+            log.info("%s: `model` is set without `evaluate_fn`: no central evaluation",
+                     cfg["name"])
+            return lambda server_round, arrays: None
+        _, test_set = self.task.load_data(cfg)
+        loader = make_loader(test_set, cfg, shuffle=False)
+
+        def builtin(server_round: int, arrays: Arrays) -> dict[str, Any]:
+            load_arrays(model, arrays)
+            loss, accuracy = self.task.test(model, loader, cfg, self.device)
+            return {"accuracy": accuracy, "loss": loss}
+
+        return builtin
+
     def _finish(self, model: nn.Module) -> None:
         path = save_final_model(self.state_dir, model.state_dict())
         self.coordinator.set_finished(True)
@@ -121,9 +175,9 @@ class GlobalAggregator(Service):
         log.info("%s: finished after %d global rounds", self.cfg["name"], self._done)
 
     def _global_round(
-        self, global_round: int, arrays: list[np.ndarray], model: nn.Module,
-        test_loader: DataLoader, history: list[dict[str, Any]],
-    ) -> list[np.ndarray] | None:
+        self, global_round: int, arrays: Arrays, model: nn.Module,
+        evaluate: Callable[[int, Arrays], dict[str, Any] | None], history: list[dict[str, Any]],
+    ) -> Arrays | None:
         """Run `global_round` until enough children answer (never lose a round); the new model,
         or None when global_rounds was lowered while no round was out."""
         cfg = self.cfg
@@ -139,36 +193,91 @@ class GlobalAggregator(Service):
                 self._round_open = True
             self.state.set(state="training")
             started = time.perf_counter()
-            result = self.coordinator.run_round(global_round, 0, arrays,
-                                                cfg["min_participants"], cfg["round_timeout_s"])
+            result = strategy_round(self.coordinator, self.driver, TRAIN, global_round,
+                                    global_round, 0, arrays, self.train_config,
+                                    cfg["min_participants"], cfg["round_timeout_s"])
             if result is not None:
                 break
             with self._rounds:
                 self._round_open = False
-            log.warning("%s: global round %d had fewer than %d answers; running it again",
-                        cfg["name"], global_round, cfg["min_participants"])
+            log.warning("%s: global round %d had fewer than %d usable answers; running it "
+                        "again", cfg["name"], global_round, cfg["min_participants"])
         wall = time.perf_counter() - started
         self.state.set(state="aggregating")
-        load_arrays(model, result.arrays)
+        assert result.arrays is not None
+        arrays = result.arrays
+        load_arrays(model, arrays)
         eval_start = time.perf_counter()
-        loss, accuracy = self.task.test(model, test_loader, cfg, self.device)
+        central = evaluate(global_round, arrays) or {}
         eval_time = time.perf_counter() - eval_start
+        accuracy, loss = central.get("accuracy"), central.get("loss")
         entry = {"global_round": global_round, "accuracy": accuracy, "loss": loss,
-                 "participants": result.participants, "num_examples": result.num_examples}
+                 "central": central, "train_metrics": result.metrics,
+                 "participants": result.participants, "num_examples": result.num_examples,
+                 "federated": None}
         history.append(entry)
-        save_checkpoint(self.state_dir, model.state_dict(), global_round, history)
+        save_checkpoint(self.state_dir, model.state_dict(), global_round, history,
+                        self.driver.state())
         with self._rounds:
             self._done, self._round_open = global_round, False
         self.state.set(last_metrics={"accuracy": accuracy, "loss": loss},
                        num_examples=result.num_examples, histogram=result.histogram,
                        round_wall_s=wall, train_time_s=result.train_time_s,
                        aggregation_time_s=result.aggregation_time_s)
+        every = int(cfg.get("evaluate_every") or 0)
+        if every and global_round % every == 0:
+            entry["federated"] = self._federated_evaluation(global_round, arrays)
+            if entry["federated"] is not None:
+                save_checkpoint(self.state_dir, model.state_dict(), global_round, history,
+                                self.driver.state())
         self.results.write(
             **entry, local_round=0, train_time_s=result.train_time_s,
             aggregation_time_s=result.aggregation_time_s,
             serialization_time_s=result.serialization_time_s, eval_time_s=eval_time,
             wall_time_s=wall,
         )
-        log.info("%s: global round %d accuracy %.4f loss %.4f (%s)", cfg["name"], global_round,
-                 accuracy, loss, ", ".join(result.participants))
-        return result.arrays
+        log.info("%s: global round %d accuracy %s loss %s (%s)", cfg["name"], global_round,
+                 _fmt(accuracy), _fmt(loss), ", ".join(result.participants))
+        return arrays
+
+    def _federated_evaluation(self, global_round: int, arrays: Arrays) -> dict[str, Any] | None:
+        """One evaluate round with the live children; the strategy's aggregate, or None."""
+        cfg = self.cfg
+        self.state.set(state="waiting")
+        if not self.coordinator.wait_for_children(cfg["min_participants"],
+                                                  cfg["round_timeout_s"]):
+            log.warning("%s: no federated evaluation in round %d: too few children",
+                        cfg["name"], global_round)
+            return None
+        self.state.set(state="training")
+        result = strategy_round(self.coordinator, self.driver, EVALUATE, global_round,
+                                global_round, 0, arrays, self.evaluate_config,
+                                cfg["min_participants"], cfg["round_timeout_s"])
+        if result is None:
+            log.warning("%s: federated evaluation of round %d had fewer than %d usable "
+                        "answers; skipped", cfg["name"], global_round, cfg["min_participants"])
+            return None
+        self.state.set(last_federated_metrics=result.metrics)
+        log.info("%s: federated evaluation of round %d: %s (%s)", cfg["name"], global_round,
+                 result.metrics, ", ".join(result.participants))
+        return result.metrics
+
+
+def _callable(cfg: dict[str, Any], key: str) -> Callable[..., Any] | None:
+    if not cfg.get(key):
+        return None
+    obj = load_object(cfg[key], key)
+    if not callable(obj):
+        raise ConfigError(key, f"{cfg[key]} is not callable")
+    return obj
+
+
+def _record(arrays: Arrays) -> ArrayRecord:
+    record = ArrayRecord()
+    for name, arr in arrays.items():
+        record[name] = Array(arr)
+    return record
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -1,11 +1,14 @@
 """One aggregator's rounds, shared by the GA and the LA.
 
 `RoundCoordinator` is the aggregator end of the protocol (transport.Aggregator): it keeps the
-children that are connected, opens one round at a time for the children live at that moment,
-folds accepted updates into a sample-weighted average as they arrive (so little is left to do
-when the last one lands), and closes the round when every selected child has answered or at the
-timeout. Children that were selected but did not answer are dropped from the live set; they come
-back with their next poll. Bad updates are rejected, logged and counted, never aggregated.
+children that are connected, opens one round (a train or an evaluate task) at a time for the
+children live at that moment, hands accepted replies to the round's aggregation as they arrive
+(fl_service.strategy: the FedAvg kernel folds them in at once, so little is left to do when the
+last one lands) and closes the round when every selected child has answered or at the timeout.
+Who is asked, deadlines and min_participants are decided here, never by the strategy. Children
+that were selected but did not answer are dropped from the live set; they come back with their
+next poll. Bad updates and error replies are rejected, logged and counted, never aggregated; a
+round whose aggregation fails counts as one with too few answers.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from fl_service.aggregation import FedAvgAccumulator, validate_update
+from fl_service.aggregation import validate_update
 from fl_service.http_server import Reply
 from fl_service.metrics import ServiceState
+from fl_service.strategy import NUM_EXAMPLES, Aggregation, AggregationFailed, StrategyDriver
 from fl_service.transport import (
+    EVALUATE,
     FINISHED,
+    TRAIN,
+    Arrays,
+    Update,
     abstained_reply,
     accepted_reply,
     encode_task,
+    error_recorded_reply,
     rejected_reply,
 )
 
@@ -36,31 +43,39 @@ log = logging.getLogger("fl_service.rounds")
 
 @dataclass
 class RoundResult:
-    arrays: list[np.ndarray]
+    arrays: Arrays | None  # the aggregate; None for an evaluate round
+    metrics: dict[str, Any]  # the strategy's aggregated MetricRecord, with "num-examples"
     num_examples: int  # behind this aggregate only
     participants: list[str]
     train_time_s: float  # the slowest participant's reported training time
     aggregation_time_s: float
     histogram: dict[str, int]
-    loss: float | None  # sample-weighted mean of the participants' reported losses
     serialization_time_s: float
+
+    @property
+    def loss(self) -> float | None:
+        """The aggregated training loss, where the replies report one."""
+        for key in ("loss", "train_loss"):
+            value = self.metrics.get(key)
+            if isinstance(value, int | float):
+                return float(value)
+        return None
 
 
 @dataclass
 class _OpenRound:
     task_id: str
+    kind: str
     frame: bytes
-    reference: list[np.ndarray]
+    reference: Arrays
+    aggregation: Aggregation
     selected: set[str]
     responded: set[str] = field(default_factory=set)
     accepted: list[str] = field(default_factory=list)
-    acc: FedAvgAccumulator = field(default_factory=lambda: FedAvgAccumulator(batch=1))
     acc_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
     train_times: list[float] = field(default_factory=list)
     histogram: dict[str, int] = field(default_factory=dict)
-    loss_sum: float = 0.0
-    loss_examples: int = 0
     aggregation_time_s: float = 0.0
 
 
@@ -106,45 +121,55 @@ class RoundCoordinator:
                     return None
                 self._cond.wait(left)
 
-    def submit(self, child: str, header: dict[str, Any], arrays: list[np.ndarray] | None) -> Reply:
+    def submit(self, child: str, update: Update) -> Reply:
         with self._cond:
             r = self._round
         if (
             r is None
-            or header.get("task_id") != r.task_id
+            or update.task_id != r.task_id
             or child not in r.selected
             or child in r.responded
         ):
             return rejected_reply(child, "no open task for this update", stale=True)
-        if header.get("abstain") is True and arrays is None:
+        if update.abstain:
             # An LA none of whose clients answered: the round need not wait for it.
-            with self._cond:
-                r.responded.add(child)
-                self._cond.notify_all()
+            self._responded(r, child)
             return abstained_reply(child)
-        num_examples = header.get("num_examples")
-        reason = validate_update(r.reference, arrays or [], num_examples)
+        if update.error is not None:
+            log.warning("%s: %s reported an error: %s", self.name, child, update.error)
+            self.state.count_rejected()
+            self._responded(r, child)
+            return error_recorded_reply(child)
+        reason = update.invalid or self._check(r, update)
         if reason is None:
             with r.acc_lock:
                 if r.closed:
                     return rejected_reply(child, "the round closed before this update", stale=True)
                 start = time.perf_counter()
-                r.acc.add(arrays, int(num_examples))
+                r.aggregation.add(child, update.arrays, update.num_examples, update.metrics)
                 r.aggregation_time_s += time.perf_counter() - start
                 r.accepted.append(child)
-                r.train_times.append(float(header.get("train_time_s") or 0.0))
-                for label, count in (header.get("histogram") or {}).items():
-                    r.histogram[str(label)] = r.histogram.get(str(label), 0) + int(count)
-                if isinstance(header.get("loss"), int | float):
-                    r.loss_sum += float(header["loss"]) * int(num_examples)
-                    r.loss_examples += int(num_examples)
+                r.train_times.append(update.train_time_s)
+                for label, count in update.histogram.items():
+                    r.histogram[label] = r.histogram.get(label, 0) + count
         else:
             log.warning("%s: rejected update from %s: %s", self.name, child, reason)
             self.state.count_rejected()
+        self._responded(r, child)
+        return accepted_reply(child) if reason is None else rejected_reply(child, reason)
+
+    @staticmethod
+    def _check(r: _OpenRound, update: Update) -> str | None:
+        if r.kind == EVALUATE:
+            return None if update.arrays is None else "an evaluate reply carries no model"
+        if update.arrays is None:
+            return "a train reply needs the model"
+        return validate_update(r.reference, update.arrays)
+
+    def _responded(self, r: _OpenRound, child: str) -> None:
         with self._cond:
             r.responded.add(child)
             self._cond.notify_all()
-        return accepted_reply(child) if reason is None else rejected_reply(child, reason)
 
     def leave(self, child: str) -> None:
         with self._cond:
@@ -183,22 +208,26 @@ class RoundCoordinator:
 
     def run_round(
         self,
+        kind: str,
         global_round: int,
         local_round: int,
-        arrays: list[np.ndarray],
+        config: dict[str, Any],
+        arrays: Arrays,
+        aggregation: Aggregation,
         min_participants: int,
         timeout_s: float,
     ) -> RoundResult | None:
-        """Send `arrays` to the live children; the aggregate, or None if < min answered."""
+        """Send a `kind` (train/evaluate) task with `arrays` and `config` to the live children;
+        the aggregate, or None if fewer than `min_participants` answered or it failed."""
         start = time.perf_counter()
         with self._cond:
             self._seq += 1
             task_id = f"{self._boot}-{self._seq}"
-        frame = encode_task(task_id, global_round, local_round, arrays)
+        frame = encode_task(task_id, kind, global_round, local_round, config, arrays)
         serialization = time.perf_counter() - start
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            r = _OpenRound(task_id, frame, arrays, set(self._children))
+            r = _OpenRound(task_id, kind, frame, arrays, aggregation, set(self._children))
             self._round = r
             self._cond.notify_all()
             while not r.selected <= r.responded:
@@ -206,12 +235,16 @@ class RoundCoordinator:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+        failure = None
         with r.acc_lock:
             r.closed = True
             enough = len(r.accepted) >= min_participants
             if enough:
                 fold_start = time.perf_counter()
-                aggregate = r.acc.result()
+                try:
+                    aggregate, metrics = r.aggregation.result()
+                except AggregationFailed as exc:
+                    failure = str(exc)
                 r.aggregation_time_s += time.perf_counter() - fold_start
         with self._cond:
             self._round = None
@@ -219,17 +252,41 @@ class RoundCoordinator:
             for child in missing:
                 self._children.pop(child, None)
         if missing:
-            log.warning("%s: round %s/%s closed without %s", self.name, global_round,
+            log.warning("%s: %s round %s/%s closed without %s", self.name, kind, global_round,
                         local_round, ", ".join(sorted(missing)))
-        if not enough:
+        if failure is not None:
+            log.warning("%s: %s round %s/%s: aggregation failed: %s", self.name, kind,
+                        global_round, local_round, failure)
+            self.state.count_failed_aggregation()
+        if not enough or failure is not None:
             return None
         return RoundResult(
             arrays=aggregate,
-            num_examples=r.acc.num_examples,
+            metrics=metrics,
+            num_examples=int(metrics[NUM_EXAMPLES]),
             participants=sorted(r.accepted),
             train_time_s=max(r.train_times, default=0.0),
             aggregation_time_s=r.aggregation_time_s,
             histogram=r.histogram,
-            loss=r.loss_sum / r.loss_examples if r.loss_examples else None,
             serialization_time_s=serialization,
         )
+
+
+def strategy_round(
+    coordinator: RoundCoordinator, driver: StrategyDriver, kind: str, server_round: int,
+    global_round: int, local_round: int, arrays: Arrays, config: dict[str, Any],
+    min_participants: int, timeout_s: float,
+) -> RoundResult | None:
+    """One `kind` round under `driver`'s strategy, called with `server_round`: its configure_*
+    gives what is sent (config with "server-round" = `global_round` and "local-round" =
+    `local_round`), its aggregate_* the result. The children asked are the live ones."""
+    children = len(coordinator.children())
+    if kind == TRAIN:
+        sent, task_config = driver.configure_train(server_round, arrays, config, children)
+        aggregation = driver.train_aggregation(server_round, sent)
+    else:
+        sent, task_config = driver.configure_evaluate(server_round, arrays, config, children)
+        aggregation = driver.evaluate_aggregation(server_round)
+    task_config.update({"server-round": global_round, "local-round": local_round})
+    return coordinator.run_round(kind, global_round, local_round, task_config, sent,
+                                 aggregation, min_participants, timeout_s)

@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +68,18 @@ class Service:
         raise NotImplementedError
 
 
-def model_arrays(model: nn.Module) -> list[np.ndarray]:
-    """The model's state as numpy arrays in state_dict order (copies: training goes on in place)."""
-    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as numpy arrays by state_dict name, in state_dict order (copies:
+    training goes on in place). The wire's `Arrays`."""
+    return {k: t.detach().cpu().numpy().copy() for k, t in model.state_dict().items()}
 
 
-def load_arrays(model: nn.Module, arrays: list[np.ndarray]) -> None:
-    """Copy `arrays` into the model's tensors (read-only views from a frame are fine)."""
-    keys = list(model.state_dict())
+def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy `arrays` (by state_dict name) into the model's tensors (read-only views from a
+    frame are fine)."""
     with warnings.catch_warnings():
         # torch warns that a tensor over a read-only array must not be written to; it is only
         # read, by load_state_dict's copy into the model's own tensors.
         warnings.simplefilter("ignore", UserWarning)
-        tensors = {k: torch.from_numpy(a) for k, a in zip(keys, arrays, strict=True)}
+        tensors = {k: torch.from_numpy(a) for k, a in arrays.items()}
     model.load_state_dict(tensors)

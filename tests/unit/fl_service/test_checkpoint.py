@@ -30,3 +30,11 @@ def test_final_model_is_a_state_dict_at_an_absolute_path(tmp_path: Path) -> None
     assert path.is_absolute() and path.name == "final_model.pt"
     loaded = torch.load(path, weights_only=True)
     assert set(loaded) == {"w", "n"} and torch.equal(loaded["w"], state()["w"])
+
+
+def test_the_strategy_state_travels_as_bytes_with_the_checkpoint(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, state(), 3, [], strategy_state=b"\x80\x04opaque")
+    assert load_checkpoint(tmp_path)["strategy_state"] == b"\x80\x04opaque"
+    # A checkpoint written before strategies were kept reads as one without a state.
+    torch.save({"model": state(), "round": 1, "history": []}, tmp_path / "checkpoint.pt")
+    assert load_checkpoint(tmp_path)["strategy_state"] is None

@@ -1,5 +1,5 @@
-"""The wire protocol end to end over a real HTTP server on loopback: frames, the four calls, byte
-counts at both ends, aborting a poll, TLS."""
+"""The wire protocol end to end over a real HTTP server on loopback: frames, tasks and the kinds
+of update, the four calls, byte counts at both ends, aborting a poll, TLS."""
 
 import datetime
 import ipaddress
@@ -15,39 +15,93 @@ from fl_service import transport
 from fl_service.http_server import ServiceHTTPServer
 from fl_service.metrics import ServiceState
 from fl_service.roles.rounds import RoundCoordinator
+from fl_service.strategy import build_driver
 from fl_service.transport import (
+    EVALUATE,
     FINISHED,
+    TRAIN,
     LinkCounters,
     ParentLink,
     ParentUnavailable,
+    abstain_update,
     aggregator_routes,
     decode_frame,
     encode_frame,
+    error_update,
+    evaluate_update,
+    parse_update,
+    train_update,
 )
 
-MODEL = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array([7], dtype=np.int64)]
+MODEL = {"fc.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+         "bn.num_batches_tracked": np.array([7], dtype=np.int64)}
 
 
-def test_frame_round_trip_keeps_header_shapes_dtypes_and_values() -> None:
+def test_frame_round_trip_keeps_header_names_shapes_dtypes_and_values() -> None:
     header, arrays = decode_frame(encode_frame({"task_id": "t", "n": 3}, MODEL))
     assert header == {"task_id": "t", "n": 3}
-    assert [a.dtype for a in arrays] == [np.float32, np.int64]
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, MODEL, strict=True))
+    assert list(arrays) == list(MODEL)  # state_dict names, in order
+    assert [a.dtype for a in arrays.values()] == [np.float32, np.int64]
+    assert all(np.array_equal(arrays[k], MODEL[k]) for k in MODEL)
+    assert not arrays["fc.weight"].flags.writeable  # views of the received bytes
     assert decode_frame(encode_frame({"finished": True}, None)) == ({"finished": True}, None)
 
 
 def test_the_model_travels_as_flowers_own_array_record_bytes() -> None:
-    """Our writer skips Flower's copies but must produce exactly Flower's serialization."""
-    from flwr.app import ArrayRecord
+    """Our writer skips Flower's copies but must produce exactly Flower's serialization of the
+    model's state_dict, names as keys."""
+    from collections import OrderedDict
+
+    import torch
+    from flwr.app import Array, ArrayRecord
     from flwr.common.serde import array_record_to_proto
 
-    model = [*MODEL, np.array(3, dtype=np.int64), np.zeros((0, 2)), np.ones(5, dtype=np.uint8)]
+    model = {**MODEL, "scalar": np.array(3, dtype=np.int64), "empty": np.zeros((0, 2)),
+             "features.0.bias": np.ones(5, dtype=np.uint8)}
     frame = encode_frame({"k": "v"}, model)
     head_len = int.from_bytes(frame[:4], "big")
-    flower = array_record_to_proto(ArrayRecord(model)).SerializeToString()
-    assert frame[4 + head_len:] == flower
+    flower = array_record_to_proto(ArrayRecord({k: Array(v) for k, v in model.items()}))
+    assert frame[4 + head_len:] == flower.SerializeToString()
     _, arrays = decode_frame(frame)
-    assert [a.shape for a in arrays] == [a.shape for a in model]
+    assert {k: a.shape for k, a in arrays.items()} == {k: a.shape for k, a in model.items()}
+    # A torch state_dict as Flower's ArrayRecord takes it: the same bytes again.
+    state_dict = OrderedDict((k, torch.from_numpy(v.copy())) for k, v in MODEL.items())
+    assert encode_frame({}, MODEL)[6:] == array_record_to_proto(
+        ArrayRecord(state_dict)).SerializeToString()
+
+
+def test_task_header_and_update_headers() -> None:
+    from fl_service.transport import encode_task
+
+    header, arrays = decode_frame(encode_task("t1", EVALUATE, 3, 0, {"server-round": 3,
+                                                                     "local-round": 0}, MODEL))
+    assert header == {"task_id": "t1", "type": "evaluate", "global_round": 3, "local_round": 0,
+                      "config": {"server-round": 3, "local-round": 0}}
+    assert list(arrays) == list(MODEL)
+    train = parse_update(train_update("t1", 5, {"loss": 0.5}, {"1": 5}, 0.25), MODEL)
+    assert (train.num_examples, train.metrics, train.histogram, train.train_time_s) == (
+        5, {"loss": 0.5, "num-examples": 5}, {"1": 5}, 0.25)
+    assert train.invalid is None and train.error is None and not train.abstain
+    evaluate = parse_update(evaluate_update("t1", 4, {"accuracy": 0.75}), None)
+    assert evaluate.metrics == {"accuracy": 0.75, "num-examples": 4} and evaluate.arrays is None
+    error = parse_update(error_update("t1", "KeyError: 'x'\nTraceback ..."), None)
+    assert error.error == "KeyError: 'x'"
+    # An old-style header without metrics still carries its weight.
+    assert parse_update({"task_id": "t1", "num_examples": 2}, MODEL).metrics == {
+        "num-examples": 2}
+
+
+@pytest.mark.parametrize(("header", "arrays", "reason"), [
+    ({"num_examples": 0}, MODEL, "positive integer"),
+    ({"num_examples": 2.5}, MODEL, "positive integer"),
+    ({"num_examples": True}, MODEL, "positive integer"),
+    ({"num_examples": 3, "metrics": {"acc": "high"}}, MODEL, "metrics"),
+    ({"num_examples": 3, "metrics": {"acc": [1, 2.0]}}, MODEL, "metrics"),
+    ({"num_examples": 3, "metrics": {"num-examples": 4}}, MODEL, "differs"),
+    ({"error": "boom"}, MODEL, "carries no model"),
+])
+def test_bad_update_headers_are_invalid_with_a_reason(header, arrays, reason) -> None:
+    assert reason in parse_update({"task_id": "t", **header}, arrays).invalid
 
 
 @pytest.mark.parametrize("frame", [b"", b"\x00\x00", b"\x00\x00\x00\xffabc",
@@ -84,9 +138,14 @@ def aggregator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aggregator]:
     agg.close()
 
 
-def run_round(agg: Aggregator, results: list) -> threading.Thread:
-    thread = threading.Thread(target=lambda: results.append(
-        agg.coordinator.run_round(1, 1, MODEL, min_participants=1, timeout_s=10)))
+def run_round(agg: Aggregator, results: list, kind: str = TRAIN,
+              strategy: str = "flwr.serverapp.strategy:FedAvg") -> threading.Thread:
+    driver = build_driver({"strategy": strategy})
+    aggregation = (driver.train_aggregation(1, MODEL) if kind == TRAIN
+                   else driver.evaluate_aggregation(1))
+    thread = threading.Thread(target=lambda: results.append(agg.coordinator.run_round(
+        kind, 1, 1, {"server-round": 1, "local-round": 1}, MODEL, aggregation,
+        min_participants=1, timeout_s=10)))
     thread.start()
     return thread
 
@@ -100,23 +159,24 @@ def test_a_child_joins_gets_a_task_and_its_update_is_aggregated(aggregator: Aggr
     thread = run_round(aggregator, results)
     header, arrays = child.poll_task("")
     assert header["global_round"] == 1 and header["local_round"] == 1
-    update = [a * 2 for a in arrays]
-    assert child.send_update({"task_id": header["task_id"], "num_examples": 5}, update) == (
-        True, "")
+    assert header["type"] == "train" and header["config"]["server-round"] == 1
+    update = {k: a * 2 for k, a in arrays.items()}
+    sent = train_update(header["task_id"], 5, {"loss": 0.5})
+    assert child.send_update(sent, update) == (True, "")
     thread.join(10)
     result = results[0]
     assert result.participants == ["c1"] and result.num_examples == 5
-    assert np.array_equal(result.arrays[0], MODEL[0] * 2)
+    assert result.metrics == {"loss": 0.5, "num-examples": 5} and result.loss == 0.5
+    assert np.array_equal(result.arrays["fc.weight"], MODEL["fc.weight"] * 2)
     # The same task is not handed out twice; a late duplicate update is refused.
     assert child.poll_task(header["task_id"]) is None
-    accepted, reason = child.send_update({"task_id": header["task_id"], "num_examples": 5},
-                                         update)
+    accepted, reason = child.send_update(sent, update)
     assert not accepted and "no open task" in reason
     # Both ends counted the same bytes for the same exchanges.
     mine, theirs = links.snapshot()["agg"], aggregator.links.snapshot()["c1"]
     assert mine["sent_bytes"] == theirs["received_bytes"]
     assert mine["received_bytes"] == theirs["sent_bytes"]
-    assert theirs["sent_bytes"] > sum(a.nbytes for a in MODEL)
+    assert theirs["sent_bytes"] > sum(a.nbytes for a in MODEL.values())
     aggregator.coordinator.set_finished(True)
     assert child.poll_task(header["task_id"]) == FINISHED
     child.close()
@@ -131,7 +191,7 @@ def test_a_child_that_leaves_is_not_waited_for(aggregator: Aggregator) -> None:
     thread = run_round(aggregator, results)
     header, arrays = stayer.poll_task("")
     leaver.leave()
-    stayer.send_update({"task_id": header["task_id"], "num_examples": 1}, arrays)
+    stayer.send_update(train_update(header["task_id"], 1, {}), arrays)
     thread.join(10)
     assert not thread.is_alive() and results[0].participants == ["stay"]
     assert aggregator.coordinator.children() == ["stay"]
@@ -223,9 +283,67 @@ def test_an_abstaining_child_is_not_waited_for(aggregator: Aggregator) -> None:
     thread = run_round(aggregator, results)
     header, arrays = la0.poll_task("")
     assert la1.poll_task("")[0]["task_id"] == header["task_id"]
-    assert la1.send_update({"task_id": header["task_id"], "abstain": True}, None) == (
-        False, "abstained")
-    la0.send_update({"task_id": header["task_id"], "num_examples": 3}, arrays)
+    assert la1.send_update(abstain_update(header["task_id"]), None) == (False, "abstained")
+    la0.send_update(train_update(header["task_id"], 3, {}), arrays)
     thread.join(10)
     assert results[0].participants == ["la0"]
     assert aggregator.state.rejected_updates == 0
+
+
+def children(agg: Aggregator, *names: str) -> list[ParentLink]:
+    links = [ParentLink(("127.0.0.1", agg.port), n, "client", LinkCounters()) for n in names]
+    for link in links:
+        link.join()
+    return links
+
+
+def test_an_evaluate_round_aggregates_metrics_and_counts_an_error_reply(
+    aggregator: Aggregator,
+) -> None:
+    c1, c2, c3, c4 = children(aggregator, "c1", "c2", "c3", "c4")
+    results: list = []
+    thread = run_round(aggregator, results, kind=EVALUATE)
+    header, arrays = c1.poll_task("")
+    task_id = header["task_id"]
+    assert header["type"] == "evaluate" and list(arrays) == list(MODEL)  # the model goes too
+    assert c1.send_update(evaluate_update(task_id, 30, {"accuracy": 0.9, "loss": 0.3}),
+                          None) == (True, "")
+    assert c2.send_update(evaluate_update(task_id, 10, {"accuracy": 0.5, "loss": 1.0}),
+                          None) == (True, "")
+    # A client whose app raised; one that trained instead of evaluating.
+    assert c3.send_update(error_update(task_id, "RuntimeError: no data"), None) == (
+        False, "error recorded")
+    accepted, reason = c4.send_update(train_update(task_id, 5, {}), arrays)
+    assert not accepted and "carries no model" in reason
+    thread.join(10)
+    result = results[0]
+    assert result.arrays is None and result.participants == ["c1", "c2"]
+    assert result.metrics == pytest.approx({"accuracy": 0.8, "loss": 0.475, "num-examples": 40})
+    assert aggregator.state.rejected_updates == 2
+    assert aggregator.coordinator.children() == ["c1", "c2", "c3", "c4"]  # all answered
+
+
+def test_replies_with_different_metric_keys_are_aggregated_on_the_common_keys(
+    aggregator: Aggregator,
+) -> None:
+    c1, c2 = children(aggregator, "c1", "c2")
+    results: list = []
+    thread = run_round(aggregator, results)
+    header, arrays = c1.poll_task("")
+    c1.send_update(train_update(header["task_id"], 1, {"loss": 1.0, "extra": 5.0}), arrays)
+    c2.send_update(train_update(header["task_id"], 3, {"loss": 2.0}), arrays)
+    thread.join(10)
+    assert results[0].metrics == {"loss": 1.75, "num-examples": 4}
+
+
+def test_a_strategy_that_fails_fails_the_round_and_is_counted(aggregator: Aggregator) -> None:
+    (c1,) = children(aggregator, "c1")
+    results: list = []
+    # Bulyan needs at least 3 replies (4 * num_malicious_nodes + 3) and returns None with one.
+    thread = run_round(aggregator, results, strategy="flwr.serverapp.strategy:Bulyan")
+    header, arrays = c1.poll_task("")
+    assert c1.send_update(train_update(header["task_id"], 3, {}), arrays) == (True, "")
+    thread.join(10)
+    assert results == [None]
+    assert aggregator.state.failed_aggregations == 1
+    assert aggregator.state.status()["failed_aggregations"] == 1
