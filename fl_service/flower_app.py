@@ -70,16 +70,22 @@ from numpy.lib import format as npy_format
 from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
 from fl_service.config import ConfigError
 from fl_service.imports import load_object
+from fl_service.transport import (
+    EVALUATE,
+    NUM_EXAMPLES,
+    TRAIN,
+    Arrays,
+    error_update,
+    evaluate_update,
+    train_update,
+)
 
 log = logging.getLogger("fl_service.flower_app")
 
 BUILTIN_CLIENT_APP = "fl_service.apps.builtin:app"
 NPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
 RUN_ID = 1  # one run per pipeline as far as the app can tell
-TRAIN, EVALUATE = "train", "evaluate"
 ERROR_CHARS = 300
-
-Arrays = dict[str, np.ndarray]
 
 
 # ---------------------------------------------------------------- loading
@@ -287,9 +293,14 @@ class ClientRunner:
 
     # ------------------------------------------------------------ what the service reports
     def warm_up(self) -> None:
-        """Load what the app can load before the first task (the built-in app: its data)."""
+        """Load what can be loaded before the first task: the built-in app's data and model;
+        for any app using torch, torch's optimizer imports (seconds on a busy machine, which
+        would otherwise land in round 1 and can hit a round timeout)."""
         if self._builtin is not None:
             self._builtin.prepare(self.context)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
     def histogram(self) -> dict[str, int] | None:
         record = self.context.state.metric_records.get(STATE_HISTOGRAM)
@@ -302,13 +313,14 @@ class ClientRunner:
                ) -> tuple[dict[str, Any], Arrays | None]:
         """(update header, update arrays or None) for one task; never raises on app failures.
 
-        Update header: train `{task_id, num_examples, metrics, train_time_s[, histogram]}`,
-        evaluate `{task_id, num_examples, metrics, eval_time_s}`, failure `{task_id, error}`.
+        Headers from fl_service.transport: `train_update` (histogram: the app's, from
+        context.state, else empty; train_time_s: the app's STATE_TIMING, else the whole call),
+        `evaluate_update`, `error_update`.
         """
         kind = str(header.get("type") or TRAIN)
-        task_id = header.get("task_id")
+        task_id = str(header.get("task_id", ""))
         if kind not in (TRAIN, EVALUATE):
-            return {"task_id": task_id, "error": f"unknown task type {kind!r}"}, None
+            return error_update(task_id, f"unknown task type {kind!r}"), None
         names = list(arrays or {})
         message = self._message(header, kind, arrays or {})
         self.context.state.metric_records.pop(STATE_TIMING, None)
@@ -320,18 +332,13 @@ class ClientRunner:
         except Exception as exc:  # the app's own failure: an error update, and we live on
             log.warning("client app failed on task %s: %s", task_id, exc, exc_info=True)
             error = str(exc) if isinstance(exc, ReplyError) else _one_line(exc)
-            return {"task_id": task_id, "error": error[:ERROR_CHARS]}, None
-        update: dict[str, Any] = {"task_id": task_id, "num_examples": metrics["num-examples"],
-                                  "metrics": metrics}
+            return error_update(task_id, error[:ERROR_CHARS]), None
+        num_examples = metrics[NUM_EXAMPLES]
         if kind == EVALUATE:
-            update["eval_time_s"] = app_time
-            return update, None
+            return evaluate_update(task_id, num_examples, metrics), None
         timing = self.context.state.metric_records.get(STATE_TIMING)
-        update["train_time_s"] = float(timing["train_time_s"]) if timing else app_time
-        histogram = self.histogram()
-        if histogram is not None:
-            update["histogram"] = histogram
-        return update, out
+        train_time = float(timing["train_time_s"]) if timing else app_time
+        return train_update(task_id, num_examples, metrics, self.histogram(), train_time), out
 
     def _message(self, header: Mapping[str, Any], kind: str,
                  arrays: Mapping[str, np.ndarray]) -> Message:
@@ -393,12 +400,12 @@ def _metrics(record: Mapping[str, Any], num_examples: Any = None) -> dict[str, A
         elif isinstance(value, list) and all(isinstance(v, int | float) for v in value):
             out[key] = list(value)
     if num_examples is not None:
-        out["num-examples"] = num_examples
-    count = out.get("num-examples")
+        out[NUM_EXAMPLES] = num_examples
+    count = out.get(NUM_EXAMPLES)
     if not isinstance(count, int | float) or count != int(count):
         raise ReplyError("the reply's metrics lack an integer 'num-examples' "
                          f"(got {count!r})")
-    out["num-examples"] = int(count)
+    out[NUM_EXAMPLES] = int(count)
     return dict(out)
 
 

@@ -1,9 +1,13 @@
-"""Find the task module a service runs.
+"""Find the task module the built-in app runs.
+
+The task contract (docs/architecture.md "Task contract") survives only as what the built-in
+Flower app `fl_service.apps.builtin:app` runs on a client, and as the GA's default model and
+central evaluation; a user's own code is a Flower app (`app_dir`, `client_app`).
 
 `load_task(cfg)` imports cfg["task"] (a Python import path, e.g. `my_pkg.my_task`) when it is
 set, else the built-in `fl_service.tasks.<cfg["dataset"]>`, and checks that the module exposes
-the task contract's callables (docs/architecture.md "Task contract"). A module that lacks one
-raises ValueError("task: <path> lacks <name>").
+the task contract's callables. A module that lacks one raises
+ValueError("task: <path> lacks <name>").
 """
 
 from __future__ import annotations

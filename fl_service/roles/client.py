@@ -1,4 +1,11 @@
-"""Client: trains `local_epochs` on its partition for each task and returns the update."""
+"""Client: hands each task to its Flower ClientApp (fl_service/flower_app.py) and sends the reply.
+
+The one client path: the app is the user's (`client_app` / `app_dir`) or the built-in one
+(`fl_service.apps.builtin:app`, which runs the built-in or an old-style `task` module). The
+runner keeps one Flower Context for the life of the process, so the app's `context.state`
+survives every task and every parent switch (/control, SIGHUP). A task the app fails on goes
+back as an error update and the client takes the next one.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,23 @@ import logging
 import time
 from typing import Any
 
-import torch
-
-from fl_service.datasets import class_histogram, make_loader
-from fl_service.device import pick_device
-from fl_service.partition import client_partition
+from fl_service.flower_app import ClientRunner
 from fl_service.roles.child import ParentSide
-from fl_service.roles.service import Service, load_arrays, model_arrays
-from fl_service.task_loader import load_task
-from fl_service.transport import FINISHED
+from fl_service.roles.service import Service
+from fl_service.transport import EVALUATE, FINISHED, TRAIN, Arrays, ParentLink
 
 log = logging.getLogger("fl_service.client")
+# Where /status and results.jsonl find a reply's loss and accuracy: our names first, then
+# Flower's quickstart names (train_loss; eval_loss, eval_acc).
+LOSS_KEYS = ("loss", "train_loss", "eval_loss")
+ACCURACY_KEYS = ("accuracy", "eval_acc", "eval_accuracy")
 
 
 class Client(Service):
     def __init__(self, cfg: dict[str, Any]) -> None:
-        # Task and device first: a bad `task` or `device` stops us before anything is written.
-        self.task = load_task(cfg)
-        self.device = pick_device(cfg)
+        # The app first: a bad `app_dir`, `client_app`, `run_config`, `task` or `device` stops us
+        # before anything is written or any connection is made.
+        self.runner = ClientRunner(cfg)
         super().__init__(cfg)
         self.parent = ParentSide(cfg, self.state, self.links)
 
@@ -31,15 +37,13 @@ class Client(Service):
         return self.parent.control(message)
 
     def run(self) -> None:
-        model = self.task.load_model(self.cfg)
-        train_set, _ = self.task.load_data(self.cfg)
-        partition = client_partition(self.cfg, train_set)
-        histogram = {str(k): v for k, v in class_histogram(partition).items()}
-        loader = make_loader(partition, self.cfg, shuffle=True)
-        # torch imports its compiler stack on the first optimizer; pay that before joining, so
-        # the first round's training time is not seconds of imports that hit round timeouts.
-        torch.optim.SGD(model.parameters(), lr=0.0)
-        self.state.set(state="waiting", num_examples=len(partition), histogram=histogram)
+        # What the app can load before the first task (the built-in app: its data, its model, and
+        # torch's optimizer imports, so round 1 is not seconds of imports that hit timeouts).
+        self.runner.warm_up()
+        histogram = self.runner.histogram()
+        if histogram is not None:
+            self.state.set(histogram=histogram, num_examples=sum(histogram.values()))
+        self.state.set(state="waiting")
         after = ""
         while True:
             got = self.parent.next_task(after)
@@ -52,23 +56,51 @@ class Client(Service):
                 continue
             link, header, arrays = got
             after = header["task_id"]
-            started = time.perf_counter()
-            self.state.set(state="training", global_round=header["global_round"],
-                           local_round=header["local_round"])
-            load_arrays(model, arrays)
-            train_start = time.perf_counter()
-            metrics = self.task.train(model, loader, self.cfg, self.device)
-            train_time = time.perf_counter() - train_start
-            loss = metrics.get("loss")
-            update = {"task_id": after, "num_examples": len(partition), "histogram": histogram,
-                      "train_time_s": train_time, "loss": loss}
-            self.parent.send_update(link, update, model_arrays(model))
-            self.state.set(state="waiting", last_metrics={"accuracy": None, "loss": loss},
-                           train_time_s=train_time)
-            self.results.write(
-                global_round=header["global_round"], local_round=header["local_round"],
-                accuracy=None, loss=loss, participants=[self.state.name],
-                num_examples=len(partition), histogram=histogram, parent=link.peer,
-                train_time_s=train_time, aggregation_time_s=0.0,
-                wall_time_s=time.perf_counter() - started,
-            )
+            self._task(link, header, arrays)
+
+    def _task(self, link: ParentLink, header: dict[str, Any], arrays: Arrays) -> None:
+        started = time.perf_counter()
+        kind = str(header.get("type") or TRAIN)
+        self.state.set(state="training", global_round=header["global_round"],
+                       local_round=header["local_round"])
+        update, out = self.runner.handle(header, arrays)
+        app_time = time.perf_counter() - started
+        self.parent.send_update(link, update, out)
+        wall = time.perf_counter() - started
+        line: dict[str, Any] = {
+            "global_round": header["global_round"], "local_round": header["local_round"],
+            "type": kind, "participants": [self.state.name], "parent": link.peer,
+            "aggregation_time_s": 0.0, "wall_time_s": wall,
+        }
+        if "error" in update:
+            self.state.set(state="waiting")
+            self.results.write(**line, accuracy=None, loss=None, num_examples=0,
+                               train_time_s=0.0, error=update["error"])
+            return
+        metrics = update["metrics"]
+        loss = _first_number(metrics, LOSS_KEYS)
+        if kind == EVALUATE:
+            accuracy = _first_number(metrics, ACCURACY_KEYS)
+            self.state.set(state="waiting", last_metrics={"accuracy": accuracy, "loss": loss})
+            self.results.write(**line, accuracy=accuracy, loss=loss,
+                               num_examples=update["num_examples"], train_time_s=0.0,
+                               eval_time_s=app_time, metrics=metrics)
+            return
+        histogram = update.get("histogram") or None
+        # The accuracy stays that of the last evaluate task (training measures none).
+        accuracy = self.state.last_metrics.get("accuracy")
+        self.state.set(state="waiting", last_metrics={"accuracy": accuracy, "loss": loss},
+                       train_time_s=update["train_time_s"], num_examples=update["num_examples"],
+                       **({"histogram": histogram} if histogram else {}))
+        self.results.write(**line, accuracy=None, loss=loss, num_examples=update["num_examples"],
+                           train_time_s=update["train_time_s"], metrics=metrics,
+                           **({"histogram": histogram} if histogram else {}))
+
+
+def _first_number(metrics: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The first of `keys` the reply's metrics hold as a number, else None."""
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None

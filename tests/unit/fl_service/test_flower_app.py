@@ -148,11 +148,11 @@ def test_context_state_survives_tasks_and_node_and_run_config_reach_the_app(tmp_
                                 "partition": 2, "partitions": 4, "epochs": 1,
                                 "server-round": 3}
     assert train["num_examples"] == 10 and train["task_id"] == "t9"
-    assert "histogram" not in train and train["train_time_s"] > 0
+    assert train["histogram"] == {} and train["train_time_s"] > 0
     assert list(out) == list(ARRAYS)  # state_dict names and order kept
     for name, array in ARRAYS.items():
         np.testing.assert_allclose(out[name], array + 0.5)
-    assert update == {"task_id": "e", "num_examples": 4, "eval_time_s": update["eval_time_s"],
+    assert update == {"task_id": "e", "num_examples": 4,
                       "metrics": {"loss": 0.25, "accuracy": 0.75, "num-examples": 4,
                                   "calls": 4}}
 

@@ -1,1 +1,0 @@
-"""tinyhfl: a tiny Flower app on scikit-learn's digits."""
