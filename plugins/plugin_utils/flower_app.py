@@ -102,8 +102,8 @@ def load(path, who, var="hfl_flower_app"):
         with open(pyproject, "rb") as f:
             meta = tomllib.load(f)
     except FileNotFoundError:
-        raise TopologyError([f"{who}: {var}: {path!r} has no pyproject.toml (a Flower app folder "
-                        f"holds one with a [tool.flwr.app] table)"]) from None
+        raise TopologyError([f"{who}: {var}: {path!r} has no pyproject.toml (a Flower app "
+                             f"folder holds one with a [tool.flwr.app] table)"]) from None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise TopologyError([f"{who}: {var}: {pyproject}: {e}"]) from None
     app = meta.get("tool", {}).get("flwr", {}).get("app")
