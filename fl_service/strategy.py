@@ -5,16 +5,16 @@ cfg["strategy_kwargs"] and wraps it in a `StrategyDriver`, which the roles call 
 - `configure_train` / `configure_evaluate` call the strategy's own methods with a Grid stand-in
   that only lists node ids, for the content they produce: the ConfigRecord entries they add
   (`server-round`, FedProx's `proximal-mu`, ...) and the arrays (FedOpt and QFedAvg keep
-  `current_arrays` from this call). The stand-in lists at least as many ids as the strategy's
-  minimums, so Flower's `sample_nodes` never waits. Which children are asked is the round
-  logic's choice (RoundCoordinator: every live child), not the strategy's sampling.
+  `current_arrays` from this call). The stand-in lists as many ids as the strategy's minimums,
+  so Flower's `sample_nodes` never waits. Which children are asked is the round logic's
+  choice (RoundCoordinator: every live child), never the strategy's sampling.
 - `train_aggregation` / `evaluate_aggregation` return the object a round's accepted replies go
   into; at the close it builds real Flower reply Messages (content {"arrays": ArrayRecord,
   "metrics": MetricRecord}) and calls `aggregate_train` / `aggregate_evaluate`.
   Fast path: when the strategy is exactly FedAvg or FedProx (FedProx aggregates like FedAvg)
   weighting by "num-examples", our FedAvg kernel folds updates in as they arrive instead
-  (tests/unit/fl_service/test_strategy.py proves it equal to Flower's aggregate_train);
-  Flower's metric aggregation is used on both paths.
+  (tests/unit/fl_service/test_strategy.py proves it equal to Flower's aggregate_train), and
+  `weighted_mean` repeats Flower's default metric aggregation without building records.
 - Replies whose MetricRecords have different keys would make Flower reject the whole round
   (InconsistentMessageReplies): only the keys every reply has (with the same list/scalar
   shape) are handed to the strategy; the others are dropped for that round and logged.
@@ -166,6 +166,26 @@ def _shape(value: Any) -> int | None:
     return len(value) if isinstance(value, list) else None
 
 
+def weighted_mean(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Flower's aggregate_metricrecords (FedAvg's default metric aggregation), the same float
+    operations in the same order, without building records: each key but "num-examples"
+    weighted by the replies' "num-examples" (lists element-wise)."""
+    total = sum(m[NUM_EXAMPLES] for m in metrics)
+    out: dict[str, Any] = {}
+    for m in metrics:
+        weight = m[NUM_EXAMPLES] / total
+        for key, value in m.items():
+            if key == NUM_EXAMPLES:
+                continue
+            if isinstance(value, list):
+                scaled = [v * weight for v in value]
+                out[key] = ([a + b for a, b in zip(out[key], scaled, strict=True)]
+                            if key in out else scaled)
+            else:
+                out[key] = out[key] + value * weight if key in out else value * weight
+    return out
+
+
 def common_metrics(metrics: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Each reply's metrics cut to the keys all have with one shape; (cut, dropped keys)."""
     if not metrics:
@@ -210,14 +230,7 @@ class FedAvgAggregation(_Aggregation):
         self.num_examples += num_examples
 
     def result(self) -> tuple[Arrays, dict[str, Any]]:
-        arrays = self.acc.result()
-        strategy = self.driver.strategy
-        records = [RecordDict({"metrics": MetricRecord(m)}) for m in self._cut_metrics()]
-        try:
-            metrics = strategy.train_metrics_aggr_fn(records, strategy.weighted_by_key)
-        except Exception as exc:  # a user's metric function may fail in any way
-            raise AggregationFailed(f"metric aggregation: {type(exc).__name__}: {exc}") from None
-        return arrays, self._finish_metrics(metrics)
+        return self.acc.result(), self._finish_metrics(weighted_mean(self._cut_metrics()))
 
 
 class StrategyAggregation(_Aggregation):
@@ -228,7 +241,7 @@ class StrategyAggregation(_Aggregation):
         super().__init__(driver, server_round)
         self.kind = kind
         self.reference = reference
-        self.records: list[RecordDict] = []
+        self.records: list[tuple[str, RecordDict]] = []
 
     def add(self, child: str, arrays: Arrays | None, num_examples: int,
             metrics: dict[str, Any]) -> None:
@@ -236,15 +249,19 @@ class StrategyAggregation(_Aggregation):
         if self.kind == MessageType.TRAIN:
             assert arrays is not None
             content["arrays"] = _to_record(arrays)
-        self.records.append(content)
+        self.records.append((child, content))
         self.metrics.append(metrics)
         self.num_examples += num_examples
 
     def result(self) -> tuple[Arrays | None, dict[str, Any]]:
+        # In the children's name order, not their arrival order: the same replies give the
+        # same float sums whatever the timing (a resumed run repeats an uninterrupted one).
+        cut = self._cut_metrics()
+        order = sorted(range(len(self.records)), key=lambda i: self.records[i][0])
         replies = []
-        for node_id, (content, metrics) in enumerate(
-                zip(self.records, self._cut_metrics(), strict=True), start=1):
-            content["metrics"] = MetricRecord(metrics)
+        for node_id, i in enumerate(order, start=1):
+            content = self.records[i][1]
+            content["metrics"] = MetricRecord(cut[i])
             replies.append(_reply(content, node_id, self.server_round, self.kind))
         strategy = self.driver.strategy
         name = type(strategy).__name__
@@ -292,19 +309,20 @@ class StrategyDriver:
         return (type(s) in _FAST and s.weighted_by_key == NUM_EXAMPLES
                 and s.train_metrics_aggr_fn is aggregate_metricrecords)
 
-    def _grid(self, children: int) -> _NodeIds:
+    def _grid(self) -> _NodeIds:
+        # As many ids as the strategy's minimums: its sampling never waits, and no more
+        # Messages are built than needed (they all share one content).
         s = self.strategy
         minimums = [getattr(s, a, 0) for a in
                     ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes")]
-        return _NodeIds(max(children, 1, *(m for m in minimums if isinstance(m, int))))
+        return _NodeIds(max(1, *(m for m in minimums if isinstance(m, int))))
 
     def _configure(self, method: str, server_round: int, arrays: Arrays,
-                   config: Mapping[str, Any], children: int, fast: bool
-                   ) -> tuple[Arrays, dict[str, Any]]:
+                   config: Mapping[str, Any], fast: bool) -> tuple[Arrays, dict[str, Any]]:
         record = ArrayRecord() if fast else _to_record(arrays)
         config_rec = ConfigRecord(dict(config))
         messages = list(getattr(self.strategy, method)(server_round, record, config_rec,
-                                                       self._grid(children)))
+                                                       self._grid()))
         if not messages:
             return arrays, _json_config(config_rec)
         content = messages[0].content
@@ -316,16 +334,14 @@ class StrategyDriver:
             sent = cast_like(arrays, _from_record(records[0]))
         return sent, out_config
 
-    def configure_train(self, server_round: int, arrays: Arrays, config: Mapping[str, Any],
-                        children: int) -> tuple[Arrays, dict[str, Any]]:
-        """(arrays to send, config to send) for a train round of `children` children."""
-        return self._configure("configure_train", server_round, arrays, config, children,
-                               self.fast)
+    def configure_train(self, server_round: int, arrays: Arrays, config: Mapping[str, Any]
+                        ) -> tuple[Arrays, dict[str, Any]]:
+        """(arrays to send, config to send) of a train round."""
+        return self._configure("configure_train", server_round, arrays, config, self.fast)
 
-    def configure_evaluate(self, server_round: int, arrays: Arrays, config: Mapping[str, Any],
-                           children: int) -> tuple[Arrays, dict[str, Any]]:
-        return self._configure("configure_evaluate", server_round, arrays, config, children,
-                               self.fast)
+    def configure_evaluate(self, server_round: int, arrays: Arrays, config: Mapping[str, Any]
+                           ) -> tuple[Arrays, dict[str, Any]]:
+        return self._configure("configure_evaluate", server_round, arrays, config, self.fast)
 
     def train_aggregation(self, server_round: int, reference: Arrays) -> Aggregation:
         if self.fast:

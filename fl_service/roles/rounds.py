@@ -280,12 +280,11 @@ def strategy_round(
     """One `kind` round under `driver`'s strategy, called with `server_round`: its configure_*
     gives what is sent (config with "server-round" = `global_round` and "local-round" =
     `local_round`), its aggregate_* the result. The children asked are the live ones."""
-    children = len(coordinator.children())
     if kind == TRAIN:
-        sent, task_config = driver.configure_train(server_round, arrays, config, children)
+        sent, task_config = driver.configure_train(server_round, arrays, config)
         aggregation = driver.train_aggregation(server_round, sent)
     else:
-        sent, task_config = driver.configure_evaluate(server_round, arrays, config, children)
+        sent, task_config = driver.configure_evaluate(server_round, arrays, config)
         aggregation = driver.evaluate_aggregation(server_round)
     task_config.update({"server-round": global_round, "local-round": local_round})
     return coordinator.run_round(kind, global_round, local_round, task_config, sent,
