@@ -370,3 +370,16 @@ def test_check_key_changes_with_app_components_and_python(app_dir):
 def test_components_without_app_or_variables_is_empty():
     topo = topology.build(*local_hfl())
     assert flower_app.components(topo.pipeline, None) == []
+
+
+def test_every_planned_config_is_one_fl_service_accepts_for_its_role(app_dir, tmp_path):
+    """The plan writes exactly the contract's keys, each for a role that reads it."""
+    from fl_service.config import load_config
+
+    app = flower_app.load(str(app_dir), "host ga")
+    for s in plan.make_plan(topology.build(*local_hfl(ga=APP_VARS)), app=app)["services"]:
+        path = tmp_path / f"{s['name']}.yaml"
+        path.write_text(json.dumps(s["config"]))
+        cfg = load_config(s["role"], path, environ={})
+        for key, value in s["config"].items():
+            assert cfg[key] == value, (s["name"], key)
