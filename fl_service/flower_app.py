@@ -160,12 +160,17 @@ def npy_header(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """What np.save writes for `array` (C order), in one copy of the data (np.save and
+    BytesIO.getvalue make two)."""
+    array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+    return b"".join((npy_header(array), memoryview(array.reshape(-1)).cast("B")))
+
+
 def array_from_numpy(array: np.ndarray) -> Array:
     """An npy-typed Flower Array of `array`, in one copy (Array.from_numpy_ndarray makes two)."""
-    array = np.asarray(array, order="C")
-    data = b"".join((npy_header(array), memoryview(array.reshape(-1)).cast("B")))
     return Array(dtype=str(array.dtype), shape=tuple(int(d) for d in array.shape),
-                 stype=NPY_STYPE, data=data)
+                 stype=NPY_STYPE, data=npy_bytes(array))
 
 
 def ndarray_view(array: Array) -> np.ndarray:
@@ -245,10 +250,9 @@ def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     for key, array in arrays.items():
         payload = _npy_payload(array)
         if payload is None:
-            record[key] = array_from_numpy(array)
-        else:
-            record[key] = Array(dtype=str(array.dtype), shape=tuple(array.shape),
-                                stype=NPY_STYPE, data=payload)
+            payload = npy_bytes(array)
+        record[key] = Array(dtype=str(array.dtype), shape=tuple(array.shape),
+                            stype=NPY_STYPE, data=payload)
     return record
 
 
