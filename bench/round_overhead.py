@@ -10,6 +10,10 @@ first-call costs, are left out).
 - flat: GA + CLIENTS clients; GA wall time per global round (task out, updates in, aggregate).
 - HFL: GA + 2 LAs x 2 clients, LOCAL_ROUNDS local rounds per global round; per local round =
   (GA round wall - the slowest LA's summed per-local-round slowest training) / LOCAL_ROUNDS.
+  Measured twice: clients on the built-in app running the bench task (`task: overhead_task`),
+  and clients on a Flower ClientApp written as Flower users write them (bench/flower_app's
+  `client_app`: a new model per message, `to_torch_state_dict`, `ArrayRecord(state_dict)`),
+  so the second figure includes what Flower's Message API costs inside the app.
 - plain Flower: the same model, clients and training through flwr's legacy start_server /
   start_client (bench/plain_flower.py) and through its deployment engine (SuperLink +
   SuperNodes + `flwr run`); the faster is plain Flower's figure.
@@ -19,6 +23,7 @@ Prints where our overhead goes, and ends with one JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +35,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +150,13 @@ def run_flat(root: Path, rounds: int) -> list[dict]:
         procs.stop()
 
 
-def run_hfl(root: Path, rounds: int) -> tuple[list[dict], list[dict]]:
-    procs = Processes(root / "hfl")
+# Clients on a Flower ClientApp (Message API) instead of the built-in app: bench/flower_app.
+CLIENT_APP = {"app_dir": str(BENCH / "flower_app"), "client_app": "flower_bench_app:client_app"}
+
+
+def run_hfl(root: Path, rounds: int, folder: str = "hfl",
+            client: dict | None = None) -> tuple[list[dict], list[dict]]:
+    procs = Processes(root / folder)
     procs.root.mkdir()
     try:
         ga = procs.service("global_aggregator", "ga", global_rounds=rounds, min_participants=2,
@@ -154,7 +165,8 @@ def run_hfl(root: Path, rounds: int) -> tuple[list[dict], list[dict]]:
                              local_rounds=LOCAL_ROUNDS, min_participants=2, round_timeout_s=60)
                for j in range(2)]
         for i in range(CLIENTS):
-            procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // 2]}")
+            procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // 2]}",
+                          **(client or {}))
         wait_finished(ga, procs, timeout=60 + 30 * rounds)
         la_lines = read_results(procs.root / "la0" / "results.jsonl")
         return read_results(procs.root / "ga" / "results.jsonl"), la_lines
@@ -181,30 +193,46 @@ def run_flower_legacy(root: Path, rounds: int) -> list[dict]:
         procs.stop()
 
 
-def run_flower_deployment(root: Path, rounds: int) -> list[dict]:
-    """SuperLink + one SuperNode per client + `flwr run` of bench/flower_app (Message API)."""
-    base = root / "flower_deployment"
+@contextlib.contextmanager
+def flower_deployment(base: Path, app: Path, clients: int, run_config: str
+                      ) -> Iterator[tuple[Processes, subprocess.Popen]]:
+    """Flower's own runtime on loopback: a SuperLink, `clients` SuperNodes (node config
+    partition-id i, num-partitions `clients`) and `flwr run <app> --stream` with `run_config`.
+    Yields the processes and the `flwr run` process; logs go to `base/<name>.log`. Also used by
+    tests/integration/test_flower_app_native.py."""
     (base / "flwr_home").mkdir(parents=True)
-    app = base / "app"
-    shutil.copytree(BENCH / "flower_app", app)
     port = free_port()
     (base / "flwr_home" / "config.toml").write_text(
         f'[superlink.bench]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     os.environ["FLWR_HOME"] = str(base / "flwr_home")  # child_env() passes it on
-    out = base / "rounds.jsonl"
     procs = Processes(base)
     bin_dir = Path(sys.executable).parent
     try:
+        # No `uv sync` of the app's dependencies: they are installed, and there is no network.
         procs.start([str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                     "--port", str(port)], "superlink")
+                     "--port", str(port), "--disable-runtime-dependency-installation"],
+                    "superlink")
         wait_listening(port, procs, timeout=120)
-        for i in range(CLIENTS):
+        for i in range(clients):
             procs.start([str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
                          f"127.0.0.1:{port}", "--port", str(free_port()), "--node-config",
-                         f"partition-id={i} num-partitions={CLIENTS}"], f"supernode{i}")
-        run_config = f'num-server-rounds={rounds} clients={CLIENTS} out="{out}"'
+                         f"partition-id={i} num-partitions={clients}"], f"supernode{i}")
         runner = procs.start([str(bin_dir / "flwr"), "run", str(app), "bench", "--run-config",
                               run_config, "--stream"], "flwr_run")
+        yield procs, runner
+    finally:
+        os.environ.pop("FLWR_HOME", None)
+        procs.stop()
+
+
+def run_flower_deployment(root: Path, rounds: int) -> list[dict]:
+    """SuperLink + one SuperNode per client + `flwr run` of bench/flower_app (Message API)."""
+    base = root / "flower_deployment"
+    app = base / "app"
+    shutil.copytree(BENCH / "flower_app", app)
+    out = base / "rounds.jsonl"
+    run_config = f'num-server-rounds={rounds} clients={CLIENTS} out="{out}"'
+    with flower_deployment(base, app, CLIENTS, run_config) as (_, runner):
         deadline = time.monotonic() + 180 + 90 * rounds
         while time.monotonic() < deadline:
             done = len(read_results(out)) if out.exists() else 0
@@ -223,9 +251,6 @@ def run_flower_deployment(root: Path, rounds: int) -> list[dict]:
             f"load average {os.getloadavg()[0]:.0f} on {os.cpu_count()} cores). The deployment "
             f"engine starts a flwr-clientapp process per message, which imports torch and flwr; "
             f"on this shared machine that alone outlasted the deadline")
-    finally:
-        os.environ.pop("FLWR_HOME", None)
-        procs.stop()
 
 
 def steady(values: list[float]) -> float:
@@ -295,6 +320,8 @@ def main() -> None:
         hfl, la0 = run_hfl(root, hfl_rounds)
         hfl_over = [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in hfl]
         la_over = [r["wall_time_s"] - r["train_time_s"] for r in la0]
+        app_hfl, app_la0 = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
+        app_over = [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in app_hfl]
         legacy = run_flower_legacy(root, flat_rounds)
         legacy_over = [r["wall_time_s"] - r["train_time_s"] for r in legacy]
         try:
@@ -311,6 +338,10 @@ def main() -> None:
           f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
           f"{steady(la_over):.4f} s")
+    print(f"HFL with a Flower ClientApp ({len(app_hfl)} global x {LOCAL_ROUNDS} local): "
+          f"overhead per local round {steady(app_over):.4f} s (per global round / "
+          f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
+          f"alone {steady([r['wall_time_s'] - r['train_time_s'] for r in app_la0]):.4f} s")
     print(f"plain Flower legacy start_server ({len(legacy)} rounds): overhead per round "
           f"{legacy_s:.4f} s (per round: {' '.join(f'{x:.3f}' for x in legacy_over)})")
     plain_s = legacy_s
@@ -343,6 +374,7 @@ def main() -> None:
     print(f"  (not in the round: the GA's central evaluation between rounds, {between:.4f} s, "
           f"and its checkpoint; Flower's figure leaves its evaluate phase out the same way)")
     print(json.dumps({"hfl_overhead_s_per_local_round": round(hfl_s, 4),
+                      "client_app_overhead_s_per_local_round": round(steady(app_over), 4),
                       "flat_overhead_s_per_round": round(flat_s, 4),
                       "plain_flower_overhead_s_per_round": round(plain_s, 4),
                       "model_params": params}))

@@ -2,6 +2,10 @@
 
 Each round's wall time (configure_train to the end of aggregate_train) and the slowest client's
 training time go to the run config's `out` file as JSON lines, like bench/plain_flower.py.
+
+`client_app` also runs as an fl_service client (bench/round_overhead.py's "HFL with a Flower
+ClientApp"): there its training time reaches the client through context.state
+(fl_service.apps.STATE_TIMING), the rest of the call counting as overhead.
 """
 
 import json
@@ -14,6 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fl_service.apps import STATE_TIMING
 from fl_service.datasets import make_loader
 
 CFG = {"seed": 0, "batch_size": 16, "local_epochs": 1, "learning_rate": 0.01}
@@ -62,7 +67,8 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     overhead_task.train(model, make_loader(train_set, CFG, shuffle=True), CFG,
                         torch.device("cpu"))
-    metrics = MetricRecord({"num-examples": len(train_set),
-                            "train_time_s": time.perf_counter() - started})
+    train_time = time.perf_counter() - started
+    context.state[STATE_TIMING] = MetricRecord({"train_time_s": train_time})
+    metrics = MetricRecord({"num-examples": len(train_set), "train_time_s": train_time})
     return Message(content=RecordDict({"arrays": ArrayRecord(model.state_dict()),
                                        "metrics": metrics}), reply_to=msg)
