@@ -1,10 +1,16 @@
 """Flower apps through the hierarchy, real processes: our example app (examples/quickstart-hfl,
-a Message-API ClientApp) trains GA + 2 LAs + 4 clients on digits to >= 0.85, and a legacy
-client_fn/NumPyClient app (examples/legacy-numpyclient) trains through the same client path."""
+a Message-API ClientApp) trains GA + 2 LAs + 4 clients on digits to >= 0.85, a legacy
+client_fn/NumPyClient app (examples/legacy-numpyclient) trains through the same client path,
+the app's context.state survives a move to another LA, and a bad app is one config error line."""
 
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from fl_procs import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -64,3 +70,89 @@ def test_legacy_numpyclient_app_trains_through_the_same_path(pipeline: Pipeline)
     assert len(lines) == 8 and all(r["type"] == "train" and "error" not in r for r in lines)
     assert lines[-1]["metrics"] == {"train_loss": lines[-1]["loss"],
                                     "num-examples": lines[-1]["num_examples"]}
+
+
+COUNTING_APP = {
+    "pyproject.toml": """\
+        [project]
+        name = "counting"
+        version = "1.0.0"
+
+        [tool.flwr.app]
+        publisher = "tests"
+
+        [tool.flwr.app.components]
+        serverapp = "counting.apps:server"
+        clientapp = "counting.apps:client"
+        """,
+    "counting/__init__.py": "",
+    "counting/apps.py": """\
+        import torch
+        from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+        from flwr.clientapp import ClientApp
+        from flwr.serverapp import ServerApp
+
+        client = ClientApp()
+        server = ServerApp()
+
+
+        def model():
+            return torch.nn.Linear(2, 2)
+
+
+        @client.train()
+        def train(msg, context):
+            calls = context.state.metric_records.get("calls", MetricRecord({"n": 0}))
+            calls["n"] = int(calls["n"]) + 1
+            context.state["calls"] = calls
+            metrics = MetricRecord({"calls": calls["n"], "num-examples": 1})
+            arrays = ArrayRecord(msg.content["arrays"].to_torch_state_dict())
+            return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+        """,
+}
+
+
+def write_app(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def test_context_state_survives_a_move_to_another_la(pipeline: Pipeline, tmp_path: Path
+                                                     ) -> None:
+    app = {"app_dir": str(write_app(tmp_path / "counting", COUNTING_APP))}
+    ga = pipeline.add("ga", "ga", global_rounds=10_000, min_participants=1, round_timeout_s=30,
+                      model="counting.apps:model", **app)
+    for la in ("la0", "la1"):
+        pipeline.add("la", la, parent=ga.address, local_rounds=1, min_participants=1,
+                     round_timeout_s=3, **app)
+    mover = pipeline.add("client", "c0", parent=pipeline["la0"].address, **app)
+    pipeline.wait_for("c0", lambda s: len(mover.results()) >= 3, "three tasks on la0")
+    assert mover.request("POST", "/control", {"parent": pipeline["la1"].address})["switched"]
+    moved_at = time.time()
+    pipeline.wait_for("c0", lambda s: sum(r["ts"] > moved_at for r in mover.results()) >= 3,
+                      "three tasks on la1")
+    lines = mover.results()
+    assert [r["metrics"]["calls"] for r in lines] == list(range(1, len(lines) + 1))
+    assert {r["parent"] for r in lines} == {"la0", "la1"}
+
+
+@pytest.mark.parametrize("cfg, key", [
+    ({"app_dir": "/no/such/app"}, "app_dir"),
+    ({"client_app": "no_such_module:app"}, "client_app"),
+    ({"client_app": "json:dumps"}, "client_app"),
+    ({"run_config": {"no-such-key": 1}}, "run_config"),
+])
+def test_a_bad_app_stops_the_client_with_one_config_error_line(tmp_path: Path, cfg: dict,
+                                                                key: str) -> None:
+    path = tmp_path / "c0.yaml"
+    path.write_text(yaml.safe_dump({"name": "c0", "port": 1, "parent": "127.0.0.1:2",
+                                    "state_dir": str(tmp_path / "state"), **cfg}))
+    done = subprocess.run([sys.executable, "-m", "fl_service", "client", "--config", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fl_service: config error: {key}: "), lines
+    assert not (tmp_path / "state").exists()  # stopped before anything was written
