@@ -17,21 +17,26 @@ pytestmark = pytest.mark.integration
 TRAINING = {"dataset": "digits", "seed": 0, "learning_rate": 0.05, "batch_size": 32}
 
 
-def corruptions(arrays: list[np.ndarray]) -> dict[str, tuple[list[np.ndarray], object]]:
-    nan = [a.copy() for a in arrays]
-    nan[0].flat[0] = np.nan
-    inf = [a.copy() for a in arrays]
-    inf[-1].flat[-1] = np.inf
-    wrong_shape = [a.copy() for a in arrays]
-    wrong_shape[0] = np.zeros((3, 3), dtype=arrays[0].dtype)
+def corruptions(arrays: dict[str, np.ndarray]) -> dict[str, tuple[dict, object, dict]]:
+    """kind -> (arrays, num_examples, metrics) of a bad update."""
+    first, last = next(iter(arrays)), list(arrays)[-1]
+    nan = {k: a.copy() for k, a in arrays.items()}
+    nan[first].flat[0] = np.nan
+    inf = {k: a.copy() for k, a in arrays.items()}
+    inf[last].flat[-1] = np.inf
+    wrong_shape = {**arrays, first: np.zeros((3, 3), dtype=arrays[first].dtype)}
+    renamed = {("renamed" if k == first else k): a for k, a in arrays.items()}
     return {
-        "shape": (wrong_shape, 10),
-        "missing tensor": (arrays[:-1], 10),
-        "nan": (nan, 10),
-        "inf": (inf, 10),
-        "zero examples": (arrays, 0),
-        "negative examples": (arrays, -5),
-        "fractional examples": (arrays, 2.5),
+        "shape": (wrong_shape, 10, {}),
+        "missing tensor": ({k: a for k, a in arrays.items() if k != last}, 10, {}),
+        "renamed tensor": (renamed, 10, {}),
+        "nan": (nan, 10, {}),
+        "inf": (inf, 10, {}),
+        "zero examples": (arrays, 0, {}),
+        "negative examples": (arrays, -5, {}),
+        "fractional examples": (arrays, 2.5, {}),
+        "text metric": (arrays, 10, {"loss": "low"}),
+        "weight mismatch": (arrays, 10, {"num-examples": 11}),
     }
 
 
@@ -44,20 +49,22 @@ def test_bad_updates_are_rejected_counted_and_never_aggregated(pipeline: Pipelin
     assert rogue.join() == "ga"
     after, reasons = "", {}
     try:
-        for kind in corruptions([np.zeros(1)]):
+        for kind in corruptions({"w": np.zeros(1)}):
             task = None
             while task is None:
                 task = rogue.poll_task(after)
             header, arrays = task
             after = header["task_id"]
-            bad_arrays, num_examples = corruptions(arrays)[kind]
+            bad_arrays, num_examples, metrics = corruptions(arrays)[kind]
             accepted, reasons[kind] = rogue.send_update(
-                {"task_id": after, "num_examples": num_examples}, bad_arrays)
+                {"task_id": after, "num_examples": num_examples, "metrics": metrics},
+                bad_arrays)
             assert not accepted, kind
     finally:
         rogue.close()
     assert "shape" in reasons["shape"] and "NaN" in reasons["nan"]
-    assert "positive" in reasons["zero examples"]
+    assert "positive" in reasons["zero examples"] and "names" in reasons["renamed tensor"]
+    assert "differs" in reasons["weight mismatch"]
     status = pipeline.wait_for("ga", lambda s: s["state"] == "finished", "finished run")
     assert status["rejected_updates"] == len(reasons)
     assert f'hfl_rejected_updates_total{{role="global_aggregator",service="ga"}} ' \
