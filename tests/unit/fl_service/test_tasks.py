@@ -99,12 +99,11 @@ def test_same_seed_gives_the_same_initial_model_and_leaves_global_rng_alone():
 
 
 def to_arrays(model):
-    return [v.detach().numpy().copy() for v in model.state_dict().values()]
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
 def from_arrays(model, arrays):
-    keys = list(model.state_dict())
-    model.load_state_dict({k: torch.from_numpy(a) for k, a in zip(keys, arrays, strict=True)})
+    model.load_state_dict({k: torch.from_numpy(a) for k, a in arrays.items()})
 
 
 def test_digits_reaches_90_percent_in_a_few_fedavg_rounds_on_three_clients():
