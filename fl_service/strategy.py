@@ -263,22 +263,28 @@ class StrategyAggregation(_Aggregation):
             content = self.records[i][1]
             content["metrics"] = MetricRecord(cut[i])
             replies.append(_reply(content, node_id, self.server_round, self.kind))
-        strategy = self.driver.strategy
-        name = type(strategy).__name__
+        name = type(self.driver.strategy).__name__
         try:
-            if self.kind == MessageType.EVALUATE:
-                metrics = strategy.aggregate_evaluate(self.server_round, replies)
-                if metrics is None:
-                    raise AggregationFailed(f"{name}.aggregate_evaluate returned None")
-                return None, self._finish_metrics(metrics)
-            record, metrics = strategy.aggregate_train(self.server_round, replies)
+            return self._aggregate(replies, name)
         except AggregationFailed:
             raise
         except Exception as exc:  # InconsistentMessageReplies, AggregationError, user bugs
             raise AggregationFailed(f"{name}: {type(exc).__name__}: {exc}") from None
+
+    def _aggregate(self, replies: list[Message], name: str
+                   ) -> tuple[Arrays | None, dict[str, Any]]:
+        strategy = self.driver.strategy
+        if self.kind == MessageType.EVALUATE:
+            metrics = strategy.aggregate_evaluate(self.server_round, replies)
+            if metrics is None:
+                raise AggregationFailed(f"{name}.aggregate_evaluate returned None")
+            return None, self._finish_metrics(metrics)
+        record, metrics = strategy.aggregate_train(self.server_round, replies)
         if record is None:
             raise AggregationFailed(f"{name}.aggregate_train returned no arrays")
         assert self.reference is not None
+        # Dtypes are cast back (FedOpt returns float64, Flower's averages float64 for integer
+        # buffers); names, shapes and finiteness must then be the model's.
         arrays = cast_like(self.reference, _from_record(record))
         reason = validate_update(self.reference, arrays)
         if reason is not None:

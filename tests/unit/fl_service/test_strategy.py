@@ -259,9 +259,14 @@ def raises(record: ArrayRecord) -> ArrayRecord:
     raise RuntimeError("boom")
 
 
+def text(record: ArrayRecord) -> ArrayRecord:
+    record["fc.bias"] = Array(np.array(["a"] * 10))
+    return record
+
+
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda r: None, "returned no arrays"), (bad_shape, "shape"), (non_finite, "NaN"),
-    (missing, "missing"), (raises, "RuntimeError: boom"),
+    (missing, "missing"), (raises, "RuntimeError: boom"), (text, "ValueError"),
 ])
 def test_an_unusable_aggregate_fails_the_round(make, reason: str) -> None:
     driver = StrategyDriver(lambda: Returns(make))
