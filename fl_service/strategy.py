@@ -90,9 +90,15 @@ def build_driver(cfg: Mapping[str, Any]) -> StrategyDriver:
 
     def factory() -> Strategy:
         try:
-            return cls(**kwargs)
+            strategy = cls(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError("strategy_kwargs", f"{path}: {exc}") from None
+        for name in ("fraction_train", "fraction_evaluate"):
+            # Above 1, Flower's sampling waits forever for more nodes than it will ever see.
+            value = getattr(strategy, name, 0.0)
+            if isinstance(value, int | float) and not 0.0 <= value <= 1.0:
+                raise ConfigError("strategy_kwargs", f"{path}: {name} must be in [0, 1]")
+        return strategy
 
     return StrategyDriver(factory, path, kwargs)
 

@@ -315,6 +315,7 @@ def test_state_of_another_strategy_or_kwargs_is_not_restored() -> None:
     ({"strategy": FLOWER + "QFedAvg"}, "strategy_kwargs", "client_learning_rate"),
     ({"strategy": FLOWER + "FedTrimmedAvg", "strategy_kwargs": {"beta": 0.7}},
      "strategy_kwargs", "beta"),
+    ({"strategy_kwargs": {"fraction_train": 1.5}}, "strategy_kwargs", "fraction_train"),
 ])
 def test_a_bad_strategy_is_a_config_error_naming_the_key(cfg: dict, key: str, text: str) -> None:
     with pytest.raises(ConfigError, match=text) as caught:
