@@ -257,7 +257,7 @@ def steady(values: list[float]) -> float:
     return statistics.median(values[WARMUP:] if len(values) > WARMUP else values)
 
 
-def serialization_costs(arrays: list[np.ndarray], repeat: int = 9) -> tuple[float, float]:
+def serialization_costs(arrays: dict[str, np.ndarray], repeat: int = 9) -> tuple[float, float]:
     """(encode, decode) seconds of one model frame, best of `repeat`."""
     enc, dec = [], []
     for _ in range(repeat):
@@ -303,9 +303,9 @@ def main() -> None:
     flat_rounds, hfl_rounds = (6, 5) if args.quick else (12, 8)
 
     model = overhead_task.load_model(TRAINING)
-    arrays = [t.detach().numpy().copy() for t in model.state_dict().values()]
+    arrays = {k: t.detach().numpy().copy() for k, t in model.state_dict().items()}
     params = sum(p.numel() for p in model.parameters())
-    model_bytes = sum(a.nbytes for a in arrays)
+    model_bytes = sum(a.nbytes for a in arrays.values())
     print(f"model: {params} parameters, {model_bytes / 1e6:.2f} MB float32; "
           f"{CLIENTS} clients, 1 SGD step of {overhead_task.EXAMPLES} images per round")
 

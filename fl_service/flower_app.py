@@ -36,7 +36,6 @@ Copies: a received array is a read-only view of the npy bytes the frame carried,
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import time
@@ -65,7 +64,6 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_evaluateres,
     recorddict_to_fitres,
 )
-from numpy.lib import format as npy_format
 
 from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
 from fl_service.config import ConfigError
@@ -77,6 +75,9 @@ from fl_service.transport import (
     Arrays,
     error_update,
     evaluate_update,
+    npy_header,
+    npy_layout,
+    npy_view,
     train_update,
 )
 
@@ -154,12 +155,6 @@ def node_id_of(name: str) -> int:
 
 
 # ---------------------------------------------------------------- arrays <-> Flower Arrays
-def npy_header(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    npy_format.write_array_header_1_0(out, npy_format.header_data_from_array_1_0(array))
-    return out.getvalue()
-
-
 def npy_bytes(array: np.ndarray) -> bytes:
     """What np.save writes for `array` (C order), in one copy of the data (np.save and
     BytesIO.getvalue make two)."""
@@ -180,47 +175,6 @@ def ndarray_view(array: Array) -> np.ndarray:
     return npy_view(array.data)
 
 
-# Parsed npy headers by their bytes. numpy parses each header with ast.literal_eval (~0.1 ms);
-# a model's headers are the same every round, so after the first round this is a dict lookup.
-_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
-_HEADERS_MAX = 4096
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def _npy_layout(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran order, dtype, offset of the data) of np.save-format `data`."""
-    if data[:6] != _NPY_MAGIC or len(data) < 10:
-        raise ValueError("not npy data")
-    if data[6] == 1:
-        offset = 10 + int.from_bytes(data[8:10], "little")
-    else:
-        offset = 12 + int.from_bytes(data[8:12], "little")
-    head = bytes(data[:offset])
-    layout = _HEADERS.get(head)
-    if layout is None:
-        stream = io.BytesIO(head)
-        version = npy_format.read_magic(stream)
-        read = (npy_format.read_array_header_1_0 if version == (1, 0)
-                else npy_format.read_array_header_2_0)
-        shape, fortran, dtype = read(stream)
-        if dtype.hasobject:
-            raise ValueError("object arrays are not accepted")
-        layout = (tuple(shape), bool(fortran), dtype)
-        if len(_HEADERS) < _HEADERS_MAX:
-            _HEADERS[head] = layout
-    return (*layout, offset)
-
-
-def npy_view(data: bytes) -> np.ndarray:
-    """The array in np.save-format `data`, as a read-only view (no copy)."""
-    shape, fortran, dtype, offset = _npy_layout(data)
-    count = 1
-    for dim in shape:
-        count *= dim
-    view = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    return view.reshape(shape, order="F" if fortran else "C")
-
-
 def _npy_payload(array: np.ndarray) -> bytes | None:
     """The npy bytes `array` is a view of (what the transport's frame reader returns), else None.
 
@@ -236,7 +190,7 @@ def _npy_payload(array: np.ndarray) -> bytes | None:
     if start <= 0 or np.frombuffer(owner, np.uint8).ctypes.data + start != array.ctypes.data:
         return None
     try:
-        shape, fortran, dtype, offset = _npy_layout(owner)
+        shape, fortran, dtype, offset = npy_layout(owner)
     except ValueError:
         return None
     if fortran or dtype != array.dtype or shape != array.shape or offset != start:

@@ -19,7 +19,6 @@ import contextlib
 import http.client
 import io
 import json
-import math
 import socket
 import ssl
 import struct
@@ -77,9 +76,7 @@ def _array_record_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memory
     parts: list[bytes | memoryview] = []
     for name, array in arrays.items():
         array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
-        npy_header = io.BytesIO()
-        npy_format.write_array_header_1_0(npy_header, npy_format.header_data_from_array_1_0(array))
-        npy = npy_header.getvalue()
+        npy = npy_header(array)
         shape = b"".join(_varint(dim) for dim in array.shape)
         array_head = (
             _string_field(1, str(array.dtype))
@@ -94,19 +91,52 @@ def _array_record_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memory
     return parts
 
 
-def _npy_view(data: bytes) -> np.ndarray:
-    """The array in np.save-format `data`, as a read-only view (no copy)."""
-    stream = io.BytesIO(data)
-    version = npy_format.read_magic(stream)
-    if version == (1, 0):
-        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+def npy_header(array: np.ndarray) -> bytes:
+    """The np.save (format 1.0) header of `array`."""
+    out = io.BytesIO()
+    npy_format.write_array_header_1_0(out, npy_format.header_data_from_array_1_0(array))
+    return out.getvalue()
+
+
+# Parsed npy headers by their bytes. numpy parses each header with ast.literal_eval (~0.1 ms);
+# a model's headers are the same every round, so after the first round this is a dict lookup.
+_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+_HEADERS_MAX = 4096
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_layout(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, offset of the data) of np.save-format `data`."""
+    if data[:6] != _NPY_MAGIC or len(data) < 10:
+        raise ValueError("not npy data")
+    if data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
     else:
-        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-    if dtype.hasobject:
-        raise ValueError("object arrays are not accepted")
-    count = math.prod(shape)
-    array = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
-    return array.reshape(shape, order="F" if fortran else "C")
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    head = bytes(data[:offset])
+    layout = _HEADERS.get(head)
+    if layout is None:
+        stream = io.BytesIO(head)
+        version = npy_format.read_magic(stream)
+        read = (npy_format.read_array_header_1_0 if version == (1, 0)
+                else npy_format.read_array_header_2_0)
+        shape, fortran, dtype = read(stream)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        layout = (tuple(shape), bool(fortran), dtype)
+        if len(_HEADERS) < _HEADERS_MAX:
+            _HEADERS[head] = layout
+    return (*layout, offset)
+
+
+def npy_view(data: bytes) -> np.ndarray:
+    """The array in np.save-format `data`, as a read-only view (no copy)."""
+    shape, fortran, dtype, offset = npy_layout(data)
+    count = 1
+    for dim in shape:
+        count *= dim
+    view = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return view.reshape(shape, order="F" if fortran else "C")
 
 
 def encode_frame(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None) -> bytes:
@@ -143,7 +173,7 @@ def decode_frame(frame: bytes) -> tuple[dict[str, Any], Arrays | None]:
                 raise ValueError(f"array {item.key}: stype {item.value.stype!r}")
             if item.key in arrays:
                 raise ValueError(f"array {item.key} twice")
-            arrays[item.key] = _npy_view(item.value.data)
+            arrays[item.key] = npy_view(item.value.data)
     except Exception as exc:  # protobuf and numpy raise many kinds on garbage
         raise ValueError(f"frame model is not an ArrayRecord: {exc}") from None
     return header, arrays
