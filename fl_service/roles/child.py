@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,7 @@ class ParentSide:
             self._polled_generation = self._generation
         try:
             if self._joined is not link:
-                self.state.set(parent_name=link.join())
-                self._joined = link
+                self._join(link)
             got = link.poll_task(after)
         except ParentUnavailable as exc:
             if link is not self.current():
@@ -76,6 +76,20 @@ class ParentSide:
             return got
         header, arrays = got
         return link, header, arrays
+
+    def _join(self, link: ParentLink) -> None:
+        """Join through `link`. /status shows a failed attempt's error and when it began
+        (`parent_error`, `parent_error_age_s`) until a join succeeds, so placement can tell a
+        parent still starting from one this child cannot resolve or reach."""
+        began = time.monotonic()
+        try:
+            name = link.join()
+        except ParentUnavailable as exc:
+            if link is self.current():
+                self.state.set(parent_error=str(exc), parent_error_at=began)
+            raise
+        self.state.set(parent_name=name, parent_error=None, parent_error_at=None)
+        self._joined = link
 
     def send_update(self, link: ParentLink, header: dict[str, Any],
                     arrays: list[np.ndarray] | None) -> None:
@@ -100,7 +114,7 @@ class ParentSide:
             self.link = self._new_link(parent)
             self._generation += 1
             self._switched.notify_all()
-        self.state.set(parent=parent, parent_name=None)
+        self.state.set(parent=parent, parent_name=None, parent_error=None, parent_error_at=None)
         old.abort()
         farewell = ParentLink(old.address, self.cfg["name"], self.cfg["role"], self.links,
                               self.cfg["tls_ca"])
