@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfl_helpers import run_group
+
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -140,8 +142,9 @@ class Fleet:
         """Run argv in the controller namespace (subprocess.run's arguments), with Ansible's
         SSH control sockets in this fleet's folder."""
         env = dict(env or os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.workdir / "cp"))
-        return subprocess.run(["ip", "netns", "exec", self.controller.netns, *argv], env=env,
-                              **kwargs)
+        # `ip netns exec` execs the command: its process group is the command's (run_group).
+        return run_group(["ip", "netns", "exec", self.controller.netns, *argv], env=env,
+                         **kwargs)
 
     def connection_vars(self, host):
         return {

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -58,6 +59,60 @@ def local_inventory(tmp_path, edit=None, source=None):
     return write_inventory(tmp_path / "inventory", tiers, cluster_vars)
 
 
+_TASK = re.compile(r"^TASK \[(?P<task>.*)\] \*+$")
+_FAILED = re.compile(r"^(?:fatal|failed): \[(?P<host>[^\]]+)\](?P<item>.*?):?(?: FAILED!)? => ?"
+                     r"(?P<inline>.*)$")
+
+
+def _failure_doc(inline, block):
+    """The result after ``=>``: JSON on the same line or the YAML callback's indented block."""
+    text = inline if inline.strip() else textwrap.dedent("\n".join(block))
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {"msg": text}
+    return doc if isinstance(doc, dict) else {"msg": text}
+
+
+def first_failure(output):
+    """'TASK NAME on HOST: message' of the first failed task in ansible-playbook's output (the
+    default callback, YAML or JSON results), with a module's stderr when the message is only
+    MODULE FAILURE; or the first [ERROR] paragraph; None when nothing failed."""
+    lines = output.splitlines()
+    task = "?"
+    for i, line in enumerate(lines):
+        m = _TASK.match(line)
+        if m:
+            task = m["task"]
+            continue
+        m = _FAILED.match(line)
+        if not m:
+            continue
+        block = []
+        for follow in lines[i + 1:]:
+            if follow and not follow.startswith(" "):
+                break
+            block.append(follow)
+        doc = _failure_doc(m["inline"], block)
+        msg = str(doc.get("msg", "")).strip()
+        for extra in ("module_stderr", "stderr"):
+            if doc.get(extra) and (not msg or "MODULE FAILURE" in msg or "non-zero" in msg):
+                msg = f"{msg}\n{str(doc[extra]).strip()}".strip()
+        if not msg and doc.get("results"):  # a loop: the first failed item's message
+            failed = [r for r in doc["results"] if isinstance(r, dict) and r.get("failed")]
+            msg = str((failed or [{}])[0].get("msg", "")).strip()
+        return f"{task} on {m['host']}{m['item'].rstrip(':')}: {msg or '(no message)'}"
+    for i, line in enumerate(lines):
+        if line.startswith("[ERROR]"):
+            para = [line]
+            for follow in lines[i + 1:]:
+                if not follow.strip():
+                    break
+                para.append(follow)
+            return "\n".join(para)
+    return None
+
+
 class PlaybookRun:
     def __init__(self, proc):
         self.rc, self.output = proc.returncode, proc.stdout
@@ -67,18 +122,71 @@ class PlaybookRun:
         """Sum of changed= over the PLAY RECAP."""
         return sum(int(n) for n in re.findall(r"\bchanged=(\d+)", self.output))
 
+    @property
+    def failure(self):
+        """The first failed task and its message (first_failure), or None."""
+        return first_failure(self.output)
+
+    def why(self, tail=3000):
+        """For an assertion message: the first failed task's message, then the output's end."""
+        return (f"first failed task: {self.failure or '(none)'}\n"
+                f"--- last {tail} characters of the output ---\n{self.output[-tail:]}")
+
+
+class PlaybookTimeout(AssertionError):
+    """ansible-playbook ran past its timeout; its whole process group was killed."""
+
+
+def run_group(argv, timeout=None, check=False, capture_output=False, **popen):
+    """subprocess.run for a command that starts others (ansible-playbook forks a worker per
+    host, chromium its renderers): it runs in a session of its own, and when it runs past
+    ``timeout`` (or the test is interrupted) the whole process group is killed, then
+    TimeoutExpired carries the output so far. Services placed on the process runtime start
+    sessions of their own and are left alone."""
+    if capture_output:
+        popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with subprocess.Popen(argv, start_new_session=True, **popen) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(argv, timeout, output=out, stderr=err) from None
+        except BaseException:
+            _kill_group(proc.pid)
+            raise
+    done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
+def _kill_group(pgid):
+    """SIGKILL to the group of a child not yet reaped (so the group id is still ours)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
 
 def ansible_env():
     return dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0",
                 ANSIBLE_NOCOLOR="1", PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
 
 
-def playbook(name, inventory, *extra, runner=subprocess.run, env=None, timeout=900):
-    """Run playbooks/<name> against ``inventory`` the way a user does."""
+def playbook(name, inventory, *extra, runner=run_group, env=None, timeout=900):
+    """Run playbooks/<name> against ``inventory`` the way a user does. Past ``timeout`` its
+    process group is killed and PlaybookTimeout names the first failed task so far.
+    ``runner``: run_group or one that wraps it (Fleet.run)."""
     argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
             str(PLAYBOOKS / name), *extra]
-    proc = runner(argv, cwd=ROOT, env={**ansible_env(), **(env or {})}, text=True,
-                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    try:
+        proc = runner(argv, cwd=ROOT, env={**ansible_env(), **(env or {})}, text=True,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.output or ""
+        run = PlaybookRun(subprocess.CompletedProcess(argv, None, out if isinstance(out, str)
+                                                      else out.decode(errors="replace")))
+        raise PlaybookTimeout(f"{name} ran past {timeout} s; its process group was killed.\n"
+                              + run.why()) from None
     return PlaybookRun(proc)
 
 

@@ -4,7 +4,7 @@ out (--no-deps): what is checked is the role's install path, not a torch downloa
 import subprocess
 
 import pytest
-from hfl_helpers import ROOT, ansible_env
+from hfl_helpers import ROOT, PlaybookRun, ansible_env, run_group
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ PLAY = """
 
 
 def run(play):
-    return subprocess.run(
+    return run_group(
         [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", "localhost,", "-c", "local",
          "-e", "ansible_python_interpreter=" + str(ROOT / ".venv" / "bin" / "python"),
          str(play)], cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=600)
@@ -32,10 +32,10 @@ def test_installs_into_a_missing_venv_once(tmp_path):
     play = tmp_path / "play.yml"
     play.write_text(PLAY.format(venv=venv))
     first = run(play)
-    assert first.returncode == 0, first.stdout[-3000:]
+    assert first.returncode == 0, PlaybookRun(first).why()
     assert "changed=0" not in first.stdout
     probe = subprocess.run([venv / "bin" / "python", "-c", "import fl_service, sys; "
                             "print(fl_service.__file__)"], capture_output=True, text=True, cwd="/")
     assert probe.returncode == 0 and str(venv) in probe.stdout
     second = run(play)
-    assert second.returncode == 0 and "changed=0" in second.stdout, second.stdout[-3000:]
+    assert second.returncode == 0 and "changed=0" in second.stdout, PlaybookRun(second).why()

@@ -113,7 +113,7 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     t0 = time.monotonic()
     first = playbook("site.yml", inventory, env=env)
     t1 = time.monotonic()
-    assert first.rc == 0, first.output[-4000:]
+    assert first.rc == 0, first.why()
     ga = status(ports["ga"])
     assert ga["state"] == "finished" and ga["global_round"] == 6
     assert ga["last_metrics"]["accuracy"] >= 0.90
@@ -142,15 +142,15 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     t2 = time.monotonic()
     second = playbook("site.yml", inventory, env=env)
     t3 = time.monotonic()
-    assert second.rc == 0, second.output[-4000:]
-    assert second.changed == 0, second.output[-4000:]
+    assert second.rc == 0, second.why()
+    assert second.changed == 0, second.why()
     assert started_at(env) == before
 
     # The GA's pod dies: the next placement plays it again, and from the claim's volume it
     # resumes at its last checkpoint (round 6, finished) instead of starting over at round 0.
     podman(env, "pod", "rm", "--force", "ga-pod-0")
     replace = playbook("place.yml", inventory, env=env)
-    assert replace.rc == 0, replace.output[-4000:]
+    assert replace.rc == 0, replace.why()
     resumed = status(ports["ga"])
     assert resumed["global_round"] == 6 and resumed["state"] == "finished"
     restarted = {line.split()[0] for line in started_at(env) - before}
@@ -164,7 +164,7 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
         record_property(phase, round(seconds, 1))
     print(f"podman site.yml: first {t1 - t0:.0f} s (placement + 6 rounds), second "
           f"{t3 - t2:.0f} s, reset {t4 - t3:.0f} s")
-    assert reset.rc == 0, reset.output[-4000:]
+    assert reset.rc == 0, reset.why()
     assert podman(env, "ps", "--all", "--quiet") == ""
     assert podman(env, "pod", "ps", "--quiet") == ""
     assert podman(env, "volume", "ls", "--quiet") == ""

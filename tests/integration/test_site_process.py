@@ -38,7 +38,7 @@ def ga_results(tmp):
 
 def test_site_trains_to_accuracy_and_collects_results(deployed):
     tmp, _, first = deployed
-    assert first.rc == 0, first.output[-3000:]
+    assert first.rc == 0, first.why()
     rows = ga_results(tmp)
     assert rows[-1]["global_round"] == 10
     assert rows[-1]["accuracy"] >= 0.90
@@ -53,15 +53,15 @@ def test_second_run_changes_and_restarts_nothing(deployed):
     before = service_pids(tmp / "hosts")
     assert set(before) == AGGREGATORS | CLIENTS
     again = playbook("site.yml", inventory)
-    assert again.rc == 0, again.output[-3000:]
-    assert again.changed == 0, again.output[-3000:]
+    assert again.rc == 0, again.why()
+    assert again.changed == 0, again.why()
     assert service_pids(tmp / "hosts") == before
 
 
 def test_status_shows_every_service_finished(deployed):
     _, inventory, _ = deployed
     run = playbook("status.yml", inventory)
-    assert run.rc == 0 and run.changed == 0, run.output[-3000:]
+    assert run.rc == 0 and run.changed == 0, run.why()
     assert "ga (global_aggregator): finished, global round" in run.output
     for name in sorted(CLIENTS):
         assert f"{name} (client): finished" in run.output
@@ -72,7 +72,7 @@ def test_changed_epochs_restart_only_the_clients(deployed):
     before = service_pids(tmp / "hosts")
     inventory = local_inventory_same_ports(tmp, lambda tiers, cv: cv.update(hfl_local_epochs=2))
     run = playbook("place.yml", inventory)
-    assert run.rc == 0, run.output[-3000:]
+    assert run.rc == 0, run.why()
     after = service_pids(tmp / "hosts")
     assert {s for s in before if after.get(s) == before[s]} == AGGREGATORS
     assert set(after) == AGGREGATORS | CLIENTS
@@ -87,7 +87,7 @@ def test_moving_a_client_reloads_it_without_restart(deployed):
 
     before = service_pids(tmp / "hosts")
     run = playbook("place.yml", local_inventory_same_ports(tmp, move_c1))
-    assert run.rc == 0, run.output[-3000:]
+    assert run.rc == 0, run.why()
     assert service_pids(tmp / "hosts") == before
     config = json.loads((tmp / "hosts" / "demo" / "c1" / "config.yaml").read_text())
     la2 = json.loads((tmp / "hosts" / "demo" / "la2" / "config.yaml").read_text())
@@ -97,7 +97,7 @@ def test_moving_a_client_reloads_it_without_restart(deployed):
 def test_reset_removes_every_process_and_folder(deployed):
     tmp, inventory, _ = deployed
     run = playbook("reset.yml", inventory)
-    assert run.rc == 0, run.output[-3000:]
+    assert run.rc == 0, run.why()
     assert processes_mentioning(str(tmp / "hosts")) == []
     assert list((tmp / "hosts").iterdir()) == []
     # The controller keeps the plan and the collected results.
@@ -118,7 +118,7 @@ def test_flat_fl_inventory_trains_clients_under_the_ga(tmp_path):
     inventory = local_inventory(tmp_path, source=src)
     try:
         run = playbook("site.yml", inventory)
-        assert run.rc == 0, run.output[-3000:]
+        assert run.rc == 0, run.why()
         plan = json.loads((tmp_path / "controller" / "flat" / "plan.json").read_text())
         assert set(plan["assignment"].values()) == {"ga"}
         rows = (tmp_path / "controller" / "flat" / "results" / "ga.jsonl").read_text()
@@ -133,7 +133,7 @@ def test_flat_fl_inventory_trains_clients_under_the_ga(tmp_path):
 def test_check_mode_reports_changes_and_places_nothing(tmp_path):
     inventory = local_inventory(tmp_path)
     run = playbook("site.yml", inventory, "--check")
-    assert run.rc == 0, run.output[-3000:]
+    assert run.rc == 0, run.why()
     assert run.changed >= 8  # plan.json and the seven services would change
     assert not (tmp_path / "controller" / "demo" / "plan.json").exists()
     assert not (tmp_path / "hosts").exists()
