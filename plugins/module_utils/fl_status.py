@@ -1,32 +1,44 @@
 # Copyright: hfl.orchestration developers
 # Apache License 2.0
-"""Fetch fl_service /status documents (target side, standard library only).
+"""Fetch fl_service /status documents and wait on them (target side).
 
 Used by the fl_status module on the host it runs on; the orchestrator runs that module once per
 loop iteration for every service, so the fetches run in parallel and a dead service costs one
-timeout, not one per service.
+timeout, not one per service. Placement and site.yml run it as a wait (``Watch``) that ends as
+soon as its outcome is known: every service answers, the global aggregator finished, or a
+failure that waiting cannot cure (see ``Watch``).
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
 
+# A service whose /status times out this many polls in a row counts as gone (a refused or
+# unresolvable address counts at once): a busy machine may answer one poll late.
+TIMEOUTS_GONE = 3
+LOG_LINES = 15
+
 
 def fetch(url, timeout=3.0):
-    """The /status document at ``url`` with ``reachable: true``, or ``reachable: false`` and why."""
+    """The /status document at ``url`` with ``reachable: true``, or ``reachable: false``, why,
+    and whether it timed out (``timed_out``)."""
     try:
         resp = open_url(url, timeout=timeout)
         doc = json.loads(resp.read().decode("utf-8"))
         if not isinstance(doc, dict):
-            return {"reachable": False, "error": "not a JSON object"}
+            return {"reachable": False, "error": "not a JSON object", "timed_out": False}
         doc["reachable"] = True
         return doc
     except (OSError, ValueError, UrlConnectionError) as e:  # URLError, HTTPError: OSErrors
-        return {"reachable": False, "error": str(getattr(e, "reason", e))}
+        reason = getattr(e, "reason", e)
+        return {"reachable": False, "error": str(reason),
+                "timed_out": isinstance(reason, socket.timeout) or isinstance(e, socket.timeout)}
 
 
 def fetch_all(services, timeout=3.0):
@@ -36,3 +48,203 @@ def fetch_all(services, timeout=3.0):
     with ThreadPoolExecutor(max_workers=min(32, len(services))) as pool:
         docs = pool.map(lambda s: fetch(s["url"], timeout), services)
         return dict(zip([s["name"] for s in services], docs))  # noqa: B905 - same length
+
+
+class WaitFailed(Exception):
+    """The wait cannot succeed; the message names the service and gives the cause."""
+
+    def __init__(self, message, statuses):
+        super().__init__(message)
+        self.statuses = statuses
+
+
+class Watch:
+    """Polls the /status of ``services`` ({name, url, parent, started, log, wait}; ``parent`` is
+    the parent's service name, None for the global aggregator; ``wait`` false lists a service only
+    so that its children can be judged: the wait neither waits for it nor fails on it, its own
+    host's check does) and fails as soon as waiting cannot help:
+
+    - a child cannot reach its parent: the parent answers /status here, yet the child reports
+      ``parent_error`` from a join attempt that began after the parent was first seen answering
+      (``parent_error_age_s``). A parent still starting is no failure: attempts made before it
+      answered are ignored, and the child retries within a few seconds (its backoff is 5 s at
+      most), so the verdict comes at the first check after that retry;
+    - ``probe(names)`` (optional) says which of the services not answering are gone, e.g. their
+      container exited, as {name: message};
+    - a ``started`` service answered before (placement started it and waited for it), so when it
+      does not answer it is gone (refused or unresolvable at once, timeouts after
+      ``TIMEOUTS_GONE`` polls in a row); its ``log`` (a file on this host), if given, adds the
+      end of its log;
+    - waiting for ``finished``: the global aggregator stops answering (refused or unresolvable at
+      once, timeouts after ``TIMEOUTS_GONE`` polls in a row).
+    """
+
+    def __init__(self, services, fetch_timeout=3.0, probe=None, fetch=fetch_all,
+                 clock=time.monotonic):
+        self.services = services
+        self.started = {s["name"] for s in services if s.get("started")}
+        self.waited = [s["name"] for s in services if s.get("wait", True) is not False]
+        self.logs = {s["name"]: s.get("log") for s in services}
+        self.url = {s["name"]: s["url"] for s in services}
+        self.names = [s["name"] for s in services]
+        self.parent = {s["name"]: s.get("parent") for s in services}
+        self.fetch_timeout = fetch_timeout
+        self.probe = probe
+        self._fetch = fetch
+        self.clock = clock
+        self.up_since = {}  # name -> when its /status first answered (end of that poll)
+        self.timeouts = dict.fromkeys(self.names, 0)
+        self.statuses = {}
+
+    def poll(self):
+        began = self.clock()
+        statuses = self._fetch(self.services, self.fetch_timeout)
+        ended = self.clock()
+        for name, doc in statuses.items():
+            if doc.get("reachable"):
+                self.up_since.setdefault(name, ended)
+                self.timeouts[name] = 0
+            elif doc.get("timed_out"):
+                self.timeouts[name] += 1
+        self.statuses = statuses
+        return began
+
+    def parent_failures(self, began):
+        """(failures, undecided): children that cannot reach an answering parent, and children
+        whose last failed attempt may have met their parent still starting."""
+        failures, undecided = [], []
+        for name in self.waited:
+            doc, parent = self.statuses[name], self.parent[name]
+            error, age = doc.get("parent_error"), doc.get("parent_error_age_s")
+            if not (doc.get("reachable") and error and parent in self.statuses):
+                continue
+            if not (self.statuses[parent].get("reachable") and isinstance(age, (int, float))):
+                continue
+            # The child answered after `began`, so its attempt began at or after began - age.
+            if began - age > self.up_since[parent]:
+                failures.append(f"{name}: cannot reach its parent {parent} at "
+                                f"{doc.get('parent')}, which answers /status: {error}")
+            else:
+                undecided.append(name)
+        return failures, undecided
+
+    def check(self, began, until):
+        """Raise WaitFailed for a failure; True when ``until`` holds."""
+        failures, undecided = self.parent_failures(began)
+        down = [n for n in self.waited if not self.statuses[n].get("reachable")]
+        if self.probe and down:
+            failures += [msg for name, msg in sorted(self.probe(down).items())]
+        if until == "finished":
+            for root in self.roots():
+                if self.gone(root):
+                    failures.append(f"{root}: the global aggregator stopped answering "
+                                    f"/status: {self.statuses[root].get('error')}")
+        for name in down:
+            if name in self.started and self.gone(name):
+                failures.append(f"{name}: stopped answering {self.url[name]} after it started: "
+                                f"{self.statuses[name].get('error')}{self.log_tail(name)}")
+        if failures:
+            raise WaitFailed("\n".join(failures), self.statuses)
+        if until == "finished":
+            return all(self.statuses[r].get("state") == "finished" for r in self.roots())
+        return not down and not undecided
+
+    def gone(self, name):
+        doc = self.statuses[name]
+        return not doc.get("reachable") and (not doc.get("timed_out")
+                                             or self.timeouts[name] >= TIMEOUTS_GONE)
+
+    def log_tail(self, name, lines=LOG_LINES):
+        path = self.logs.get(name)
+        try:
+            with open(path, errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+        except (OSError, TypeError):
+            return ""
+        return f"; the end of its log {path}:\n" + "\n".join(tail)
+
+    def roots(self):
+        return [n for n in self.waited if not self.parent[n]]
+
+    def pending(self, until):
+        """One line per service that keeps the wait going (for the timeout message)."""
+        lines = []
+        for name in self.waited:
+            doc = self.statuses.get(name, {})
+            if not doc.get("reachable"):
+                lines.append(f"{name}: not answering /status: {doc.get('error')}")
+            elif until == "finished" and name in self.roots():
+                lines.append(f"{name}: state {doc.get('state')}, global round "
+                             f"{doc.get('global_round')}/{doc.get('global_rounds')}")
+            elif doc.get("parent_error"):
+                lines.append(f"{name}: cannot reach its parent at {doc.get('parent')}: "
+                             f"{doc['parent_error']}")
+        return lines
+
+    def wait(self, until, timeout, poll_s, sleep=time.sleep):
+        """Poll until ``until`` ('reachable': every service answers and no child is left with a
+        parent error; 'finished': every root reports state finished) holds; WaitFailed at the
+        first failure or after ``timeout`` seconds. Returns the last statuses."""
+        deadline = self.clock() + timeout
+        while True:
+            began = self.poll()
+            if self.check(began, until):
+                return self.statuses
+            if self.clock() + poll_s > deadline:
+                what = ("the global aggregator did not finish" if until == "finished"
+                        else "not every service answers /status and reaches its parent")
+                raise WaitFailed(f"{what} within {timeout:g} s:\n" + "\n".join(self.pending(until)),
+                                 self.statuses)
+            sleep(poll_s)
+
+
+def podman_probe(run_command, pipeline, lines=LOG_LINES):
+    """A ``Watch`` probe for pods of ``pipeline`` on this host (label hfl.io/pipeline, service
+    name in app.kubernetes.io/instance): a service without a pod, or whose container exited or
+    was restarted, is gone; the message carries podman's state and the end of its log."""
+
+    def podman(*args):
+        rc, out, err = run_command(["podman", *args])
+        return rc, out, (err or out).strip()
+
+    def probe(names):
+        rc, out, err = podman("pod", "ps", "--format", "json", "--filter",
+                              f"label=hfl.io/pipeline={pipeline}")
+        if rc != 0:
+            return {n: f"{n}: podman pod ps failed: {err}" for n in names}
+        pods = {}
+        for pod in json.loads(out or "[]"):
+            pods[(pod.get("Labels") or {}).get("app.kubernetes.io/instance")] = pod
+        gone, containers = {}, {}
+        for name in names:
+            pod = pods.get(name)
+            if pod is None:
+                gone[name] = f"{name}: no pod of pipeline {pipeline} on this host"
+                continue
+            for c in pod.get("Containers") or []:
+                if c.get("Id") != pod.get("InfraId"):
+                    containers[c["Id"]] = name
+        if not containers:
+            return gone
+        rc, out, err = podman("container", "inspect", *containers)
+        if rc != 0:
+            return gone
+        for info in json.loads(out or "[]"):
+            state, restarts = info.get("State") or {}, info.get("RestartCount") or 0
+            if state.get("Status") in ("running", "created", "configured") and not restarts:
+                continue
+            name = containers.get(info.get("Id"))
+            if name is None:
+                continue
+            how = f"its container {info.get('Name')} is {state.get('Status')}"
+            if restarts:
+                how += f" (restarted {restarts} times after exiting)"
+            if state.get("Status") == "exited":
+                how += f", exit status {state.get('ExitCode')}"
+            if state.get("Error"):
+                how += f": {state['Error']}"
+            log = run_command(["podman", "logs", "--tail", str(lines), info["Id"]])
+            gone[name] = f"{name}: {how}; the end of its log:\n{(log[1] + log[2]).rstrip()}"
+        return gone
+
+    return probe

@@ -14,7 +14,19 @@ description:
     where the services are reachable, on their own host or on the global aggregator's host,
     which reaches every service of its pipeline).
   - A service that does not answer within O(timeout) is reported with C(reachable=false) and the
-    reason; the module itself does not fail for it, since a dead service is information here.
+    reason; without O(wait_for) the module does not fail for it, since a dead service is
+    information here (the orchestrator reads it so).
+  - With O(wait_for) it polls every O(poll_s) seconds until every service answers
+    (C(reachable)) or every service without a O(services[].parent) reports state C(finished)
+    (C(finished)), and fails as soon as waiting cannot help, naming the service and the cause
+    (docs/architecture.md, section Failing fast).
+  - Such failures are a child that cannot reach its parent although the parent answers /status
+    (its C(parent_error) from a join attempt that began after the parent was first seen
+    answering; attempts that met a parent still starting do not count); with
+    O(podman_pipeline), a service whose pod is missing or whose container exited, with the end
+    of its log; a O(services[].started) service that stopped answering; with C(finished), the
+    global aggregator not answering.
+  - Otherwise it fails after O(wait_timeout) seconds, listing what it still waited for.
   - Reads only; changes nothing.
 author:
   - hfl.orchestration developers (@hfl)
@@ -43,10 +55,54 @@ options:
         description: Full URL of its status page, e.g. C(http://127.0.0.1:8080/status).
         type: str
         required: true
+      parent:
+        description:
+          - Service name of its parent (the plan's C(parent)); empty for the global aggregator.
+          - Used by O(wait_for) only.
+        type: str
+      started:
+        description:
+          - It answered /status before (placement started it and waited for it), so while
+            waiting, a read that finds it not answering means it stopped, and the wait fails at
+            once (after three timed-out reads in a row for a slow answer), with the end of its
+            O(services[].log).
+        type: bool
+        default: false
+      log:
+        description: Its log file on the host the module runs on, for the failure message.
+        type: path
+      wait:
+        description:
+          - C(false) lists it only so that its children can be judged (a parent on another host,
+            whose own host checks it); the wait neither waits for it nor fails on it.
+        type: bool
+        default: true
   timeout:
-    description: Seconds to wait for each service.
+    description: Seconds to wait for each service's answer.
     type: float
     default: 3.0
+  wait_for:
+    description:
+      - C(none) reads once. C(reachable) waits until every service answers /status and no child
+        is left with a join error. C(finished) waits until every service without a parent
+        reports state C(finished).
+    type: str
+    choices: [none, reachable, finished]
+    default: none
+  wait_timeout:
+    description: Seconds O(wait_for) may take before the module fails.
+    type: int
+    default: 180
+  poll_s:
+    description: Seconds between two reads while waiting.
+    type: float
+    default: 2.0
+  podman_pipeline:
+    description:
+      - While waiting, read the pods labelled C(hfl.io/pipeline=<this>) on the host the module
+        runs on; a service not answering whose pod is missing or whose container exited (or
+        was restarted) fails the wait at once with podman's state and the end of its log.
+    type: str
 """
 
 EXAMPLES = r"""
@@ -60,6 +116,15 @@ EXAMPLES = r"""
 - name: Show its round
   ansible.builtin.debug:
     msg: "{{ hfl_ga.statuses.ga.global_round }}"
+
+- name: Wait until every service of the plan answers, failing at once on a dead pod
+  hfl.orchestration.fl_status:
+    services:
+      - {name: ga, url: "http://127.0.0.1:8080/status"}
+      - {name: la1, url: "http://127.0.0.1:8081/status", parent: ga}
+    wait_for: reachable
+    wait_timeout: 180
+    podman_pipeline: demo
 
 - name: Read every service of the plan
   hfl.orchestration.fl_status:
@@ -79,12 +144,22 @@ statuses:
   type: dict
   sample:
     ga: {reachable: true, role: global_aggregator, state: training, global_round: 3}
-    la2: {reachable: false, error: "[Errno 111] Connection refused"}
+    la2: {reachable: false, error: "[Errno 111] Connection refused", timed_out: false}
+elapsed_s:
+  description: Seconds the module read or waited.
+  returned: always
+  type: float
+  sample: 4.2
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - after the docs
+import time  # noqa: E402 - after the docs
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (  # noqa: E402
+    WaitFailed,
+    Watch,
     fetch_all,
+    podman_probe,
 )
 
 
@@ -94,13 +169,42 @@ def run_module():
             services=dict(type="list", elements="dict", required=True, options=dict(
                 name=dict(type="str", required=True),
                 url=dict(type="str", required=True),
+                parent=dict(type="str"),
+                started=dict(type="bool", default=False),
+                log=dict(type="path"),
+                wait=dict(type="bool", default=True),
             )),
             timeout=dict(type="float", default=3.0),
+            wait_for=dict(type="str", choices=["none", "reachable", "finished"],
+                          default="none"),
+            wait_timeout=dict(type="int", default=180),
+            poll_s=dict(type="float", default=2.0),
+            podman_pipeline=dict(type="str"),
         ),
         supports_check_mode=True,
     )
-    statuses = fetch_all(module.params["services"], module.params["timeout"])
-    module.exit_json(changed=False, statuses=statuses)
+    p = module.params
+    began = time.monotonic()
+    if p["wait_for"] == "none":
+        statuses = fetch_all(p["services"], p["timeout"])
+        module.exit_json(changed=False, statuses=statuses,
+                         elapsed_s=round(time.monotonic() - began, 1))
+    probe = None
+    if p["podman_pipeline"]:
+        probe = podman_probe(module.run_command, p["podman_pipeline"])
+    watch = Watch(p["services"], p["timeout"], probe)
+    try:
+        statuses = watch.wait(p["wait_for"], p["wait_timeout"], p["poll_s"])
+    except WaitFailed as e:
+        msg = str(e)
+        if p["podman_pipeline"] and any(x in msg for x in ("[Errno -2]", "[Errno -3]")):
+            msg += ("\n(podman 4.3 resolves the pods' network aliases only with the CNI dnsname "
+                    "plugin, Debian golang-github-containernetworking-plugin-dnsname, and only on "
+                    "networks created after it was installed; scripts/podman-check.sh tests it)")
+        module.fail_json(msg=msg, statuses=e.statuses,
+                         elapsed_s=round(time.monotonic() - began, 1))
+    module.exit_json(changed=False, statuses=statuses,
+                     elapsed_s=round(time.monotonic() - began, 1))
 
 
 def main():

@@ -1,48 +1,16 @@
 """fl_status's fetch: live services answer with their /status, dead ones are reported, not fatal."""
 
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import fetch_all
 
 
-class Status(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's name
-        body = json.dumps({"name": "ga", "state": "training", "global_round": 3}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Status)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def test_live_and_dead_services_side_by_side(server):
+def test_live_and_dead_services_side_by_side(serve, closed_port):
+    server = serve({"GET": (200, {"name": "ga", "state": "training", "global_round": 3})})
     out = fetch_all([
         {"name": "ga", "url": f"http://127.0.0.1:{server}/status"},
-        {"name": "la2", "url": f"http://127.0.0.1:{closed_port()}/status"},
+        {"name": "la2", "url": f"http://127.0.0.1:{closed_port}/status"},
     ], timeout=2)
     assert out["ga"] == {"name": "ga", "state": "training", "global_round": 3, "reachable": True}
     assert out["la2"]["reachable"] is False and "refused" in out["la2"]["error"].lower()
@@ -50,3 +18,146 @@ def test_live_and_dead_services_side_by_side(server):
 
 def test_no_services_is_no_work():
     assert fetch_all([]) == {}
+
+
+# ---------------------------------------------------------------- Watch: waits that fail fast
+from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (  # noqa: E402
+    WaitFailed,
+    Watch,
+    podman_probe,
+)
+
+SERVICES = [{"name": "ga", "url": "u-ga", "parent": None},
+            {"name": "la1", "url": "u-la1", "parent": "ga"}]
+UP = {"reachable": True, "state": "waiting"}
+REFUSED = {"reachable": False, "error": "[Errno 111] Connection refused", "timed_out": False}
+TIMEOUT = {"reachable": False, "error": "timed out", "timed_out": True}
+
+
+class Scripted:
+    """A fetch_all stand-in that answers one scripted poll per call; a clock that each poll and
+    each sleep moves on."""
+
+    def __init__(self, polls):
+        self.polls, self.now = list(polls), 100.0
+
+    def fetch(self, services, timeout):
+        self.now += 0.1
+        poll = self.polls.pop(0)
+        return {s["name"]: dict(poll[s["name"]]) for s in services}
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def watch(polls, probe=None, services=SERVICES):
+    s = Scripted(polls)
+    return Watch(services, probe=probe, fetch=s.fetch, clock=s.clock), s
+
+
+def la(error=None, age=None, **extra):
+    return {**UP, "parent": "ga:8080", "parent_error": error, "parent_error_age_s": age, **extra}
+
+
+def test_reachable_waits_for_a_parent_still_starting_then_succeeds():
+    # la1 failed to join while the GA was not up yet (its attempt is older than the GA's
+    # answer), then joins: no failure, the wait ends at the poll after.
+    w, s = watch([
+        {"ga": REFUSED, "la1": la("ga:8080: [Errno 111] Connection refused", 0.5)},
+        {"ga": UP, "la1": la("ga:8080: [Errno 111] Connection refused", 2.6)},
+        {"ga": UP, "la1": la()},
+    ])
+    assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["la1"]["parent_error"] is None
+
+
+def test_a_child_that_cannot_resolve_an_answering_parent_fails_at_its_next_attempt():
+    err = "ga:8080: [Errno -2] Name or service not known"
+    w, s = watch([
+        {"ga": UP, "la1": la(err, 1.0)},   # attempt before the GA was seen: undecided
+        {"ga": UP, "la1": la(err, 0.3)},   # a retry after the GA answered: decided
+    ])
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+    assert str(failed.value) == ("la1: cannot reach its parent ga at ga:8080, which answers "
+                                 f"/status: {err}")
+
+
+def test_no_parent_error_without_the_parent_answering():
+    w, s = watch([{"ga": REFUSED, "la1": la("ga:8080: refused", 0.1)}] * 3)
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=5, poll_s=2, sleep=s.sleep)
+    assert str(failed.value).startswith("not every service answers /status and reaches its "
+                                        "parent within 5 s:\nga: not answering /status: "
+                                        "[Errno 111]")
+
+
+def test_a_probe_names_a_dead_service_at_once():
+    w, s = watch([{"ga": REFUSED, "la1": la()}],
+                 probe=lambda names: {"ga": "ga: its container exited; boom"} if "ga" in names
+                 else {})
+    with pytest.raises(WaitFailed, match="ga: its container exited; boom"):
+        w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+
+
+def test_finished_ends_at_the_ga_finishing_and_fails_when_it_stops_answering():
+    done = {**UP, "state": "finished"}
+    w, s = watch([{"ga": UP, "la1": la()}, {"ga": done, "la1": la()}])
+    assert w.wait("finished", timeout=60, poll_s=2, sleep=s.sleep)["ga"]["state"] == "finished"
+    w, s = watch([{"ga": UP, "la1": la()}, {"ga": REFUSED, "la1": la()}])
+    with pytest.raises(WaitFailed, match="ga: the global aggregator stopped answering"):
+        w.wait("finished", timeout=600, poll_s=2, sleep=s.sleep)
+    # A slow answer is not a dead GA until it repeats.
+    w, s = watch([{"ga": TIMEOUT, "la1": la()}, {"ga": TIMEOUT, "la1": la()},
+                  {"ga": {**UP, "state": "finished"}, "la1": la()}])
+    assert w.wait("finished", timeout=600, poll_s=2, sleep=s.sleep)["ga"]["reachable"]
+
+
+def test_a_started_service_that_stops_answering_fails_with_its_log(tmp_path):
+    log = tmp_path / "service.log"
+    log.write_text("".join(f"line {i}\n" for i in range(30)) + "FileNotFoundError: cifar-10\n")
+    # As on a client's host: its own service (started, with its log) and its parent, listed
+    # only to judge it (its own host's check waits for it and reports it).
+    services = [{"name": "ga", "url": "u-ga", "wait": False},
+                {"name": "la1", "url": "u-la1", "parent": "ga", "started": True,
+                 "log": str(log)}]
+    w, s = watch([{"ga": UP, "la1": REFUSED}], services=services)
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+    lines = str(failed.value).splitlines()
+    assert lines[0] == ("la1: stopped answering u-la1 after it started: [Errno 111] Connection "
+                        f"refused; the end of its log {log}:")
+    assert lines[1:] == [f"line {i}" for i in range(16, 30)] + ["FileNotFoundError: cifar-10"]
+    # The parent not answering holds nothing up and fails nothing here.
+    w, s = watch([{"ga": REFUSED, "la1": la()}], services=services)
+    assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["ga"] == REFUSED
+
+
+def test_podman_probe_reads_pods_and_gives_the_log_tail():
+    pods = [{"Labels": {"app.kubernetes.io/instance": "ga"}, "InfraId": "i1",
+             "Containers": [{"Id": "i1"}, {"Id": "c1"}]},
+            {"Labels": {"app.kubernetes.io/instance": "la1"}, "InfraId": "i2",
+             "Containers": [{"Id": "i2"}, {"Id": "c2"}]}]
+    inspect = [{"Id": "c1", "Name": "ga-pod-0-fl-service", "RestartCount": 2,
+                "State": {"Status": "running", "ExitCode": 0, "Error": ""}},
+               {"Id": "c2", "Name": "la1-pod-0-fl-service", "RestartCount": 0,
+                "State": {"Status": "running"}}]
+    calls = []
+
+    def run(argv):
+        calls.append(argv)
+        if argv[1:3] == ["pod", "ps"]:
+            return 0, json.dumps(pods), ""
+        if argv[1:3] == ["container", "inspect"]:
+            return 0, json.dumps(inspect), ""
+        return 0, "", "Traceback...\nValueError: boom\n"
+
+    gone = podman_probe(run, "demo")(["ga", "la1", "c9"])
+    assert gone == {
+        "ga": "ga: its container ga-pod-0-fl-service is running (restarted 2 times after "
+              "exiting); the end of its log:\nTraceback...\nValueError: boom",
+        "c9": "c9: no pod of pipeline demo on this host",
+    }
+    assert calls[0][-1] == "label=hfl.io/pipeline=demo"
