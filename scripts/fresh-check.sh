@@ -157,7 +157,11 @@ cleanup() {
   if ((KEEP)) && [[ -d $CT ]]; then
     say "kept $NAME. Enter it:"
     echo "  lxc-attach -P $LXCPATH -n $NAME --clear-env -- bash -c '. /root/fresh-check.env; cd $CLONE; exec bash -i'"
-    echo "  remove it: lxc-stop -k -P $LXCPATH -n $NAME; rm -rf $CT  (then re-run without --keep to drop the bridge)"
+    echo "  remove it: lxc-stop -k -P $LXCPATH -n $NAME && rm -rf $CT"
+    echo "  then its network (unless another container uses it): ip link del $BRIDGE;" \
+         "iptables -t nat -D POSTROUTING -s $NET.0/24 ! -d $NET.0/24 -j MASQUERADE;" \
+         "iptables -D FORWARD -i $BRIDGE -j ACCEPT; iptables -D FORWARD -o $BRIDGE -j ACCEPT" \
+         "$( ((ip_forward_was)) || echo "; sysctl -w net.ipv4.ip_forward=0")"
     exit "$rc"
   fi
   if [[ -d $CT ]]; then
