@@ -299,9 +299,12 @@ for cmd in "${COMMANDS[@]}"; do
   log=$LOGS/$cmd.log
   say "make $cmd (log $log)"
   t=$SECONDS
+  # In the background and waited for, so that Ctrl-C or a TERM runs the cleanup at once (bash
+  # runs traps only between commands); tee -i keeps the log going until then.
   set +e
-  in_ct timeout -k 60 "$TIMEOUT_S" make "$cmd" 2>&1 | tee "$log"
-  RC[$cmd]=${PIPESTATUS[0]}
+  in_ct timeout -k 60 "$TIMEOUT_S" make "$cmd" 2>&1 | tee -i "$log" &
+  wait $!
+  RC[$cmd]=$?
   set -e
   S[$cmd]=$((SECONDS - t))
   say "make $cmd: rc ${RC[$cmd]} in ${S[$cmd]} s (log $log)"
