@@ -15,6 +15,7 @@ import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from ansible.module_utils.urls import ConnectionError as UrlConnectionError
 from ansible.module_utils.urls import open_url
@@ -121,12 +122,21 @@ class Watch:
             if not (self.statuses[parent].get("reachable") and isinstance(age, (int, float))):
                 continue
             # The child answered after `began`, so its attempt began at or after began - age.
-            if began - age > self.up_since[parent]:
+            # A child still on another parent (a move not yet taken up) is judged once it is.
+            if not self.on_parent(doc, parent):
+                undecided.append(name)
+            elif began - age > self.up_since[parent]:
                 failures.append(f"{name}: cannot reach its parent {parent} at "
                                 f"{doc.get('parent')}, which answers /status: {error}")
             else:
                 undecided.append(name)
         return failures, undecided
+
+    def on_parent(self, doc, parent):
+        """Whether the child's parent address has the listed parent's port (the address itself
+        differs by runtime: a podman alias, a Service name, the plan's address)."""
+        port = urlsplit(self.url[parent]).port
+        return port is None or str(doc.get("parent") or "").endswith(f":{port}")
 
     def check(self, began, until):
         """Raise WaitFailed for a failure; True when ``until`` holds."""

@@ -85,6 +85,17 @@ def test_a_child_that_cannot_resolve_an_answering_parent_fails_at_its_next_attem
                                  f"/status: {err}")
 
 
+def test_a_child_still_on_its_old_parent_is_not_judged_against_the_new_one():
+    # Placement moved la1 to the GA (port 8080) and signalled it; its last failure is about the
+    # old parent (port 9090) until it takes the move up, a moment later.
+    services = [{"name": "ga", "url": "http://ga:8080/status"},
+                {"name": "la1", "url": "http://la1:8081/status", "parent": "ga"}]
+    old = {**la("old:9090: [Errno 111] Connection refused", 0.1), "parent": "old:9090"}
+    w, s = watch([{"ga": UP, "la1": old}, {"ga": UP, "la1": old}, {"ga": UP, "la1": la()}],
+                 services=services)
+    assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["la1"]["parent"] == "ga:8080"
+
+
 def test_no_parent_error_without_the_parent_answering():
     w, s = watch([{"ga": REFUSED, "la1": la("ga:8080: refused", 0.1)}] * 3)
     with pytest.raises(WaitFailed) as failed:
