@@ -3,10 +3,12 @@
 federated evaluation every 2 global rounds. It trains to test accuracy >= 0.85 with federated
 figures in the GA's results and the report; a re-run with the same folder changes nothing; an
 edited app file restarts every service; a bad strategy keyword, component or folder stops the
-run before anything is placed, with one line naming the variable."""
+run before anything is placed, with one line naming the variable. On the podman runtime every
+pod mounts the app read-only."""
 
 import json
 import shutil
+import uuid
 
 import pytest
 from hfl_helpers import (
@@ -16,6 +18,13 @@ from hfl_helpers import (
     processes_mentioning,
     service_pids,
     stop_processes_under,
+)
+from test_podman_runtime import (  # noqa: F401 (podman_store is a fixture)
+    IMAGE,
+    host_paths,
+    import_base_image,
+    podman,
+    podman_store,
 )
 
 pytestmark = pytest.mark.integration
@@ -132,3 +141,31 @@ def test_bad_app_input_fails_before_placing(tmp_path, vars_, expected):
     assert "PLAY [Place the services]" not in run.output
     assert not (tmp_path / "hosts").exists()
     assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.podman
+def test_podman_pods_mount_the_app_read_only_and_train_it(podman_store, tmp_path):  # noqa: F811
+    """The same app on the podman runtime: unpacked once on the podman host into
+    <hfl_app_host_dir>/<pipeline>, mounted read-only at /opt/hfl/app in every pod."""
+    env = podman_store
+    import_base_image(env)
+    pipeline = f"fl{uuid.uuid4().hex[:6]}"
+    apps = tmp_path / "apps"
+    inventory = flower_inventory(
+        tmp_path, APP, hfl_runtime="podman", hfl_pipeline=pipeline, hfl_global_rounds=6,
+        hfl_image=IMAGE, hfl_image_python=str(ROOT / ".venv/bin/python"),
+        hfl_image_host_paths=host_paths(), hfl_podman_dir=str(tmp_path / "units"),
+        hfl_app_host_dir=str(apps))
+    run = playbook("site.yml", inventory, env=env)
+    assert run.rc == 0, run.output[-4000:]
+    rows = [json.loads(line) for line in
+            (tmp_path / "controller" / pipeline / "results" / "ga.jsonl").read_text().splitlines()]
+    assert rows[-1]["global_round"] == 6 and rows[-1]["accuracy"] >= 0.85, rows[-1]
+    assert [r["global_round"] for r in rows if r.get("federated")] == [2, 4, 6]
+    assert (apps / pipeline / "quickstart_hfl" / "client_app.py").is_file()
+    mounts = podman(env, "inspect", "--format", "{{json .Mounts}}", "c1-pod-0-fl-service")
+    (app_mount,) = [m for m in json.loads(mounts) if m["Destination"] == "/opt/hfl/app"]
+    assert app_mount["Source"] == str(apps / pipeline) and app_mount["RW"] is False
+    reset = playbook("reset.yml", inventory, env=env)
+    assert reset.rc == 0, reset.output[-4000:]
+    assert not (apps / pipeline).exists()
