@@ -3,20 +3,53 @@
 Routes are plain functions `(query, body) -> Reply`; a reply that names a `peer` has the bytes of
 its exchange (request line, headers and body in, status line, headers and body out) added to
 that peer's link counters.
+
+Resource limits (docs/architecture.md, "Resource limits"), so that no peer can exhaust the
+service's memory or threads:
+- a request body is read only when its Content-Length is at most the route's limit (`body_limits`,
+  else BODY_LIMIT); a POST without a length (411), a malformed or negative length (400) or one
+  over the limit (413) is refused before any byte of the body is read, and the connection closed;
+- request headers are bounded (HEAD_LIMIT; http.server bounds the request line at 64 KiB);
+- a connection idle for `idle_timeout_s` (between requests or inside one) is closed; a TLS
+  handshake must end within TLS_HANDSHAKE_TIMEOUT_S;
+- at most `max_connections` connections (one handler thread each) are open at once; one more is
+  answered 503 and closed at once;
+- a refused request, a failed route or a broken connection is one log line, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import resource
 import ssl
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 log = logging.getLogger("fl_service.http")
+
+BODY_LIMIT = 64 * 1024  # bytes of any request body whose route has no limit of its own
+HEAD_LIMIT = 64 * 1024  # bytes of request headers (the request line has http.server's 64 KiB)
+# The longest a connection may wait for a peer's next bytes. Children hold one connection each and
+# long-poll on it (transport.POLL_HOLD_S: the server holds those, they are not idle), but between a
+# task and its update the connection is idle for the child's whole training: aggregators add their
+# round timeout (roles/service.py), after which an update is stale anyway.
+IDLE_TIMEOUT_S = 60.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+# Connections (one handler thread each) open at once: every child holds one, so this is the most
+# children an aggregator can serve, with room for probes and the controller. Never above the
+# process's open-file limit less FD_RESERVE (files, libraries, the listening socket).
+MAX_CONNECTIONS = 1000
+FD_RESERVE = 100
+_LENGTH = re.compile(r"[0-9]{1,19}")
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class Reply(NamedTuple):
@@ -37,12 +70,34 @@ def json_reply(payload: Any, status: int = 200) -> Reply:
     return Reply(status, json.dumps(payload).encode())
 
 
+def body_refusal(
+    method: str, path: str, content_length: list[str], transfer_encoding: bool, limit: int
+) -> tuple[int, str] | None:
+    """(HTTP status, one-line reason) when a request's body must not be read, else None.
+    `content_length`: every Content-Length header value the request carries."""
+    where = f"{method} {path}"
+    if transfer_encoding:
+        return 411, f"{where}: Transfer-Encoding is not accepted; send a Content-Length"
+    if not content_length:
+        return (411, f"{where}: Content-Length missing") if method == "POST" else None
+    if len(set(content_length)) > 1:
+        return 400, f"{where}: conflicting Content-Length headers"
+    text = content_length[0].strip()
+    if not _LENGTH.fullmatch(text):
+        return 400, f"{where}: Content-Length {text[:40]!r} is not a non-negative integer"
+    if int(text) > limit:
+        return 413, f"{where}: Content-Length {int(text)} is over the limit of {limit} bytes"
+    return None
+
+
 class CountingReader:
-    """Wraps a socket file and counts the bytes read through it (both ends of a link)."""
+    """Wraps a socket file and counts the bytes read through it (both ends of a link). While
+    `budget` is set, readline() reads no more than that many bytes in all (the request head)."""
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.count = 0
+        self.budget: int | None = None
 
     def read(self, *args: Any) -> bytes:
         data = self.raw.read(*args)
@@ -54,9 +109,15 @@ class CountingReader:
         self.count += len(data)
         return data
 
-    def readline(self, *args: Any) -> bytes:
-        data = self.raw.readline(*args)
+    def readline(self, size: int | None = -1) -> bytes:
+        if self.budget is not None:
+            if self.budget <= 0:
+                return b""
+            size = self.budget if size is None or size < 0 else min(size, self.budget)
+        data = self.raw.readline(size)
         self.count += len(data)
+        if self.budget is not None:
+            self.budget -= len(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -74,13 +135,38 @@ class _Handler(BaseHTTPRequestHandler):
     server: ServiceHTTPServer
 
     def setup(self) -> None:
+        self.timeout = self.server.idle_timeout_s  # StreamRequestHandler sets it on the socket
         super().setup()
         self.rfile = CountingReader(self.rfile)
 
+    def parse_request(self) -> bool:
+        self.rfile.budget = HEAD_LIMIT
+        try:
+            ok = super().parse_request()
+        finally:
+            left, self.rfile.budget = self.rfile.budget, None
+        if ok and left <= 0:
+            self.send_error(431, f"request headers over {HEAD_LIMIT} bytes")
+            return False
+        return ok
+
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
+        limit = self.server.body_limit(method, url.path)
+        refusal = body_refusal(method, url.path, self.headers.get_all("Content-Length") or [],
+                               "Transfer-Encoding" in self.headers, limit)
+        if refusal is not None:
+            status, reason = refusal
+            log.warning("refused %s from %s: %s (HTTP %d)", url.path, self.client_address[0],
+                        reason, status)
+            self.close_connection = True  # the unread body must not be taken for a request
+            self._reply(json_reply({"error": reason}, status))
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the peer went away mid-body
+            self.close_connection = True
+            return
         route = self.server.routes.get((method, url.path))
         if route is None:
             reply = json_reply({"error": f"no route {method} {url.path}"}, 404)
@@ -88,12 +174,17 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 reply = route(dict(parse_qsl(url.query)), body)
             except Exception as exc:  # a bad request must not take the service down
-                log.exception("%s %s failed", method, url.path)
+                log.error("%s %s from %s failed: %s: %s", method, url.path,
+                          self.client_address[0], type(exc).__name__, exc)
                 reply = json_reply({"error": f"{type(exc).__name__}: {exc}"}, 500)
+        self._reply(reply)
+
+    def _reply(self, reply: Reply) -> None:
         phrase = HTTPStatus(reply.status).phrase
+        close = "Connection: close\r\n" if self.close_connection else ""
         head = (
             f"HTTP/1.1 {reply.status} {phrase}\r\nContent-Type: {reply.content_type}\r\n"
-            f"Content-Length: {len(reply.body)}\r\n\r\n"
+            f"Content-Length: {len(reply.body)}\r\n{close}\r\n"
         ).encode()
         received = self.rfile.count
         self.rfile.count = 0
@@ -109,12 +200,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._serve("POST")
 
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        # http.server's own refusals (bad request line, headers too long) and timeouts.
+        log.warning("%s: " + format, self.client_address[0], *args)
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.address_string(), *args)
 
 
 class ServiceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # server_close() must not wait for idle keep-alive connections
     request_queue_size = 64
 
     def __init__(
@@ -125,9 +221,21 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         links: _Counters,
         tls_cert: str = "",
         tls_key: str = "",
+        body_limits: Mapping[tuple[str, str], Callable[[], int]] | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        """`body_limits`: (method, path) -> a function giving that route's current body limit in
+        bytes (read per request: an aggregator's grows once it knows its model's size)."""
         self.routes = routes
         self.links = links
+        self.body_limits = dict(body_limits or {})
+        self.idle_timeout_s = idle_timeout_s
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if open_files != resource.RLIM_INFINITY:
+            max_connections = min(max_connections, max(1, open_files - FD_RESERVE))
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), _Handler)
         if tls_cert:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -136,3 +244,47 @@ class ServiceHTTPServer(ThreadingHTTPServer):
             self.socket = context.wrap_socket(
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
+
+    def body_limit(self, method: str, path: str) -> int:
+        limit = self.body_limits.get((method, path))
+        return BODY_LIMIT if limit is None else limit()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("refused a connection from %s: %d connections open (the limit)",
+                        client_address[0], self.max_connections)
+            if not isinstance(request, ssl.SSLSocket):  # a TLS peer has not even said hello
+                request.setblocking(False)
+                with contextlib.suppress(OSError):
+                    request.send(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if isinstance(request, ssl.SSLSocket):
+                request.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+                try:
+                    request.do_handshake()
+                except (OSError, ValueError) as exc:
+                    log.warning("TLS handshake with %s failed: %s", client_address[0],
+                                exc or type(exc).__name__)
+                    return
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not socketserver's traceback: a peer that goes away is no bug of ours."""
+        exc = sys.exc_info()[1]
+        level = logging.INFO if isinstance(exc, OSError) else logging.ERROR
+        log.log(level, "connection from %s ended: %s: %s", client_address[0],
+                type(exc).__name__, exc)

@@ -15,11 +15,19 @@ import torch
 from torch import nn
 
 from fl_service.config import ConfigError
-from fl_service.http_server import Reply, Route, ServiceHTTPServer, json_reply
+from fl_service.http_server import (
+    BODY_LIMIT,
+    IDLE_TIMEOUT_S,
+    Reply,
+    Route,
+    ServiceHTTPServer,
+    json_reply,
+)
 from fl_service.metrics import ResultsWriter, ServiceState, prometheus_text
-from fl_service.transport import LinkCounters
+from fl_service.transport import FRAME_TYPE, LinkCounters
 
 log = logging.getLogger("fl_service")
+TASK_ROUTE, UPDATE_ROUTE = ("GET", "/fl/task"), ("POST", "/fl/update")
 
 
 class Service:
@@ -32,6 +40,7 @@ class Service:
         self.results = ResultsWriter(self.state_dir, self.state)
         torch.set_num_threads(cfg["threads"])
         self.server: ServiceHTTPServer | None = None
+        self.task_frame_bytes = 0  # the last task frame handed out (an aggregator's model)
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {
@@ -54,10 +63,34 @@ class Service:
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{self.state.role} takes no control messages")
 
+    def update_limit(self) -> int:
+        """The body limit of POST /fl/update: twice the model's frame, once a task (which always
+        carries the model) has gone out; before that no update can carry a model (it would
+        answer no task), so BODY_LIMIT. Plus BODY_LIMIT for the update's header."""
+        return 2 * self.task_frame_bytes + BODY_LIMIT
+
+    def _sizing_tasks(self, route: Route) -> Route:
+        def task(query: dict[str, str], body: bytes) -> Reply:
+            reply = route(query, body)
+            if reply.content_type == FRAME_TYPE:
+                self.task_frame_bytes = len(reply.body)
+            return reply
+
+        return task
+
     def start_http(self) -> None:
+        routes = self.routes()
+        limits = {}
+        # An aggregator's children hold their connection idle while they train; an update later
+        # than the round timeout is stale anyway (http_server.IDLE_TIMEOUT_S).
+        idle_timeout_s = IDLE_TIMEOUT_S
+        if TASK_ROUTE in routes:  # an aggregator: updates answer the tasks it hands out
+            routes[TASK_ROUTE] = self._sizing_tasks(routes[TASK_ROUTE])
+            limits[UPDATE_ROUTE] = self.update_limit
+            idle_timeout_s += float(self.cfg.get("round_timeout_s") or 0.0)
         self.server = ServiceHTTPServer(
-            self.cfg["bind_host"], self.cfg["port"], self.routes(), self.links,
-            self.cfg["tls_cert"], self.cfg["tls_key"],
+            self.cfg["bind_host"], self.cfg["port"], routes, self.links,
+            self.cfg["tls_cert"], self.cfg["tls_key"], limits, idle_timeout_s,
         )
         threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
         log.info("%s (%s) serving on %s:%s", self.cfg["name"], self.state.role,
