@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -17,6 +18,29 @@ if TYPE_CHECKING:
     from fl_service.roles.service import Service
 
 EXIT_CONFIG = 2
+LOG_MAX_BYTES = 10 * 1024 * 1024  # --log-file rotates at this size ...
+LOG_BACKUPS = 3  # ... keeping this many old files (<log>.1 is the newest)
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class RotatingOutput(logging.handlers.RotatingFileHandler):
+    """The service's log file, rotated by size; the process's stdout and stderr (prints,
+    warnings, faulthandler dumps, a crash's traceback) follow it into each new file, so one
+    file and its backups hold everything and nothing grows without bound."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS)
+        self._redirect()
+
+    def doRollover(self) -> None:  # noqa: N802 (logging's naming)
+        super().doRollover()
+        self._redirect()
+
+    def _redirect(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd in (1, 2):
+            os.dup2(self.stream.fileno(), fd)
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
@@ -29,6 +53,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--config", help="YAML config file (keys below)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-file", help=f"log here, rotated at {LOG_MAX_BYTES >> 20} MiB with "
+                        f"{LOG_BACKUPS} old files, stdout and stderr too (default: stderr)")
     return parser.parse_args(argv)
 
 
@@ -49,8 +75,8 @@ def _build(role: str, cfg: dict) -> Service:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handlers = [RotatingOutput(args.log_file)] if args.log_file else None
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, handlers=handlers)
     try:
         cfg = load_config(args.role, args.config)
         service = _build(args.role, cfg)

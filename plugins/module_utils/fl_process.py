@@ -20,13 +20,18 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 
 CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
 
 
 class ServiceError(Exception):
-    pass
+    """A one-line reason; ``log_tail`` holds the end of the service's log."""
+
+    def __init__(self, message, log_tail=""):
+        super().__init__(message)
+        self.log_tail = log_tail
 
 
 def _read(path):
@@ -78,6 +83,13 @@ def log_tail(folder, lines=15):
     return "\n".join(text.splitlines()[-lines:])
 
 
+def log_error_line(folder):
+    """The log's last non-empty line: what a service that exited said last (fl_service's own
+    error, or a traceback's exception line)."""
+    lines = [line.strip() for line in log_tail(folder).splitlines() if line.strip()]
+    return lines[-1] if lines else "(its log is empty)"
+
+
 def stop(folder, pid, timeout=20.0):
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     try:
@@ -105,18 +117,49 @@ def start(folder, argv, env):
     return proc
 
 
-def wait_ready(folder, proc, url, timeout):
-    """Poll ``url`` until it answers 200 or the deadline passes; fail early if the process
-    exits (e.g. a config error), with the end of its log."""
+def _status(url):
+    """(answered, /status document or None): whether anything answered 200 at ``url``."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            if r.status != 200:
+                return False, None
+            body = r.read()
+    except (OSError, ValueError):
+        return False, None
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return True, None
+    return True, doc if isinstance(doc, dict) else None
+
+
+def wait_ready(folder, proc, url, timeout, name):
+    """Poll ``url`` until the service answers as itself (its /status names ``name`` and the pid
+    started); fail early if the process exits (e.g. a config error, a port already taken), with
+    its log's last line. Anything else answering there is not taken for the service."""
+    port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
+    other = None
     while True:
         if proc.poll() is not None:
-            raise ServiceError(f"exited with status {proc.returncode}:\n{log_tail(folder)}")
-        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2) as r:
-            if r.status == 200:
-                return json.loads(r.read() or b"{}")
+            held = f"; port {port} answers as {other}" if other else ""
+            raise ServiceError(
+                f"exited with status {proc.returncode} before answering on port {port}{held}; "
+                f"its log {os.path.join(folder, LOG)} ends: {log_error_line(folder)}",
+                log_tail(folder))
+        answered, doc = _status(url)
+        if answered:
+            doc = doc or {}
+            if doc.get("name") == name and doc.get("pid") == proc.pid:
+                return doc
+            other = (f"name {doc.get('name')!r}, pid {doc.get('pid')!r}" if doc
+                     else "something that is not an fl_service /status")
         if time.monotonic() > deadline:
-            raise ServiceError(f"not answering {url} after {timeout:.0f} s:\n{log_tail(folder)}")
+            held = (f"port {port} answers as {other}, not as {name} (pid {proc.pid})" if other
+                    else f"nothing answers {url}")
+            raise ServiceError(f"not ready after {timeout:.0f} s: {held}; its log "
+                               f"{os.path.join(folder, LOG)} ends: {log_error_line(folder)}",
+                               log_tail(folder))
         time.sleep(0.25)
 
 
@@ -132,8 +175,11 @@ def plan_present(folder, config_text, digest):
     return "unchanged"
 
 
-def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, check=False):
-    """Bring the service in ``folder`` to ``config_text``; returns (action, pid)."""
+def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, check=False, *,
+                   name):
+    """Bring the service in ``folder`` to ``config_text``; returns (action, pid). A start waits
+    until ``ready_url`` answers as the service ``name`` (its config's name), with the pid
+    started."""
     action = plan_present(folder, config_text, digest)
     pid = running_pid(folder)
     if check or action == "unchanged":
@@ -152,7 +198,7 @@ def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, c
     proc = start(folder, argv, env)
     if ready_url:
         try:
-            wait_ready(folder, proc, ready_url, timeout)
+            wait_ready(folder, proc, ready_url, timeout, name)
         except ServiceError:
             if proc.poll() is None:
                 stop(folder, proc.pid)

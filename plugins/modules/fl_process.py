@@ -68,7 +68,11 @@ options:
   wait_timeout:
     description:
       - Seconds to wait after a start until the service answers C(GET /status); C(0) does not
-        wait. A process that exits first fails the task with the end of its log.
+        wait. The service counts as started only once its C(/status) names it (its config's
+        C(name)) and reports the pid started: anything else answering on its port (another
+        process holding the port, which the service then fails to bind) does not count.
+      - A process that exits first fails the task with a one-line reason naming the port and
+        its log's last line (the end of the log is in RV(log_tail)).
       - Services serving TLS are not waited for.
     type: int
     default: 120
@@ -134,10 +138,17 @@ config_path:
   type: str
   sample: /root/.local/state/hfl/demo/ga/config.yaml
 log_path:
-  description: The service's log.
+  description:
+    - The service's log (stdout, stderr and its logging), rotated at 10 MiB with three old files
+      (C(service.log.1) to C(service.log.3)).
   returned: always
   type: str
   sample: /root/.local/state/hfl/demo/ga/service.log
+log_tail:
+  description: The end of the service's log, when a start failed.
+  returned: failure
+  type: str
+  sample: "fl_service: cannot serve on 127.0.0.1:8080: [Errno 98] Address already in use"
 """
 
 # Ansible's layout puts the documentation strings above the imports.
@@ -192,15 +203,18 @@ def run_module():
         module.fail_json(msg=f"{p['name']}: config has no port", **result)
     config_text = svc.config_text(p["config"])
     config_path = result["config_path"]
-    argv = [p["python"], "-m", "fl_service", p["role"],
-            "--config", config_path]
+    argv = [p["python"], "-m", "fl_service", p["role"], "--config", config_path,
+            "--log-file", result["log_path"]]
     env = {str(k): str(v) for k, v in p["environment"].items()}
     env.setdefault("PYTHONUNBUFFERED", "1")
     url = _ready_url(p["config"]) if p["wait_timeout"] > 0 else None
     try:
         action, pid = svc.ensure_running(folder, config_text, p["digest"], argv, env, url,
-                                         p["wait_timeout"], check=module.check_mode)
-    except (svc.ServiceError, OSError) as e:
+                                         p["wait_timeout"], check=module.check_mode,
+                                         name=p["config"].get("name", p["name"]))
+    except svc.ServiceError as e:
+        module.fail_json(msg=f"{p['name']}: {e}", log_tail=e.log_tail, **result)
+    except OSError as e:
         module.fail_json(msg=f"{p['name']}: {e}", **result)
     module.exit_json(changed=action != "unchanged", action=action, pid=pid, **result)
 

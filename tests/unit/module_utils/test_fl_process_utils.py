@@ -8,13 +8,14 @@ import socket
 import sys
 import textwrap
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 from ansible_collections.hfl.orchestration.plugins.module_utils import fl_process as svc
 
 STAND_IN = textwrap.dedent("""
-    import http.server, json, signal, sys
+    import http.server, json, os, signal, sys
     cfg = json.load(open(sys.argv[1]))
     if cfg.get("fail"):
         print("config error: fail"); sys.exit(2)
@@ -22,7 +23,8 @@ STAND_IN = textwrap.dedent("""
     signal.signal(signal.SIGHUP, lambda *a: hups.append(1))
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"name": cfg["name"], "hups": len(hups)}).encode()
+            body = json.dumps({"name": cfg["name"], "pid": os.getpid(),
+                               "hups": len(hups)}).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
         def log_message(self, *a): pass
     http.server.HTTPServer(("127.0.0.1", cfg["port"]), H).serve_forever()
@@ -40,13 +42,14 @@ def service(tmp_path):
     folder = str(tmp_path / "demo" / "svc")
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/status"
+    own_port = free_port()
+    url = f"http://127.0.0.1:{own_port}/status"
     argv = [sys.executable, str(script), os.path.join(folder, svc.CONFIG)]
 
-    def ensure(config, digest, check=False):
+    def ensure(config, digest, check=False, port=own_port):
         text = json.dumps({"name": "svc", "port": port, **config})
-        return svc.ensure_running(folder, text, digest, argv, {}, url, 30, check=check)
+        return svc.ensure_running(folder, text, digest, argv, {},
+                                  f"http://127.0.0.1:{port}/status", 30, check=check, name="svc")
 
     yield folder, ensure, url
     pid = svc.running_pid(folder)
@@ -96,10 +99,29 @@ def test_dead_process_is_started_again(service):
 
 
 def test_failed_start_reports_the_log_and_is_retried(service):
-    folder, ensure, _ = service
-    with pytest.raises(svc.ServiceError, match="exited with status 2:\nconfig error: fail"):
+    folder, ensure, url = service
+    with pytest.raises(svc.ServiceError) as failed:
         ensure({"fail": True}, "d1")
+    log = os.path.join(folder, svc.LOG)
+    port = urllib.parse.urlsplit(url).port
+    assert str(failed.value) == (f"exited with status 2 before answering on port {port}; "
+                                 f"its log {log} ends: config error: fail")
+    assert failed.value.log_tail == "config error: fail"
     assert ensure({"fail": True}, "d1", check=True)[0] == "start"
+
+
+def test_a_port_held_by_another_server_is_not_taken_for_the_service(service, serve):
+    """The stand-in cannot bind a port another server holds and answers 200 on: the start
+    fails naming the port, what answers there and the service's own error, never "started"."""
+    folder, ensure, _ = service
+    held = serve({"GET": (200, {"name": "svc", "pid": 1})})
+    with pytest.raises(svc.ServiceError) as failed:
+        ensure({}, "d1", port=held)
+    message = str(failed.value)
+    assert message.startswith(f"exited with status 1 before answering on port {held}; "
+                              f"port {held} answers as name 'svc', pid 1; its log ")
+    assert message.endswith("Address already in use") and "\n" not in message
+    assert svc.running_pid(folder) is None
 
 
 def test_absent_stops_and_removes_everything(service):
