@@ -41,8 +41,13 @@ _BLAS_THREADS = ThreadpoolController()
 Arrays = dict[str, np.ndarray]  # as fl_service.transport.Arrays (this module imports no wire)
 
 
-def validate_update(reference: Mapping[str, np.ndarray], update: Mapping[str, Any]) -> str | None:
-    """Return why `update` cannot be averaged with the model `reference`, or None if it can."""
+def validate_update(
+    reference: Mapping[str, np.ndarray], update: Mapping[str, Any],
+    magnitudes: dict[str, float] | None = None,
+) -> str | None:
+    """Return why `update` cannot be averaged with the model `reference`, or None if it can.
+    With `magnitudes`, also put each tensor's largest absolute value there (for OverflowGuard),
+    from the same pass over the data that checks it is finite."""
     if update.keys() != reference.keys():
         missing = [k for k in reference if k not in update]
         extra = [k for k in update if k not in reference]
@@ -55,9 +60,48 @@ def validate_update(reference: Mapping[str, np.ndarray], update: Mapping[str, An
             return f"tensor {name}: shape {arr.shape} differs from the model's {ref.shape}"
         if arr.dtype != ref.dtype:
             return f"tensor {name}: dtype {arr.dtype} differs from the model's {ref.dtype}"
-        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        magnitude = _magnitude(arr)
+        if not np.isfinite(magnitude):
             return f"tensor {name}: contains NaN or Inf"
+        if magnitudes is not None:
+            magnitudes[name] = magnitude
     return None
+
+
+def _magnitude(arr: np.ndarray) -> float:
+    """max |arr| as a Python float: NaN if it holds a NaN, inf if an Inf."""
+    if arr.size == 0:
+        return 0.0
+    if arr.dtype.kind == "c":
+        return float(np.abs(arr).max())
+    # min and max read the data without a temporary; a NaN propagates through both.
+    low, high = float(arr.min()), float(arr.max())
+    return max(-low, high) if low == low and high == high else float("nan")
+
+
+class OverflowGuard:
+    """Admits updates only while the weighted sum of those admitted cannot overflow.
+
+    The FedAvg kernel sums num_examples * update in the tensor's sum dtype (float32 for float32
+    models), and so do Flower's averages after normalising. |sum| <= sum(n_i * max|x_i|) per
+    tensor, so an update that would push that bound past half the sum dtype's largest value is
+    refused before it touches the aggregate: values near float32's 3.4e38 with a legal count
+    are one update's reason for rejection, not a NaN model for everyone."""
+
+    def __init__(self, reference: Mapping[str, np.ndarray]) -> None:
+        self._limits = {name: float(np.finfo(_sum_dtype(a.dtype)).max) / 2
+                        for name, a in reference.items()}
+        self._bounds = dict.fromkeys(reference, 0.0)
+
+    def admit(self, magnitudes: Mapping[str, float], num_examples: int) -> str | None:
+        """None and the update counted in, or why it would overflow the aggregate."""
+        for name, magnitude in magnitudes.items():
+            if self._bounds[name] + num_examples * magnitude > self._limits[name]:
+                return (f"tensor {name}: values up to {magnitude:.3g} weighted by "
+                        f"{num_examples} examples would overflow the aggregate")
+        for name, magnitude in magnitudes.items():
+            self._bounds[name] += num_examples * magnitude
+        return None
 
 
 def cast_like(reference: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> Arrays:
@@ -141,13 +185,23 @@ class FedAvgAccumulator:
         self._dtypes: dict[str, np.dtype] = {}
         self.num_examples = 0
         self.num_updates = 0
+        self._broken: str | None = None
 
     def add(self, update: Mapping[str, np.ndarray], num_examples: int) -> None:
+        """Raises if the update cannot be folded in; the sums may then hold part of it, so
+        every later add() and result() raises too (the round's aggregate is lost, never
+        wrong)."""
+        if self._broken is not None:
+            raise ValueError(f"an earlier update failed mid-fold: {self._broken}")
         self._pending.append((update, num_examples))
         self.num_examples += num_examples
         self.num_updates += 1
         if len(self._pending) >= self.batch:
-            self._flush()
+            try:
+                self._flush()
+            except Exception as exc:
+                self._broken = f"{type(exc).__name__}: {exc}"
+                raise
 
     def _flush(self) -> None:
         if not self._pending:
@@ -167,6 +221,8 @@ class FedAvgAccumulator:
     def result(self) -> Arrays:
         if self.num_updates == 0:
             raise ValueError("FedAvgAccumulator: no updates")
+        if self._broken is not None:
+            raise ValueError(f"an update failed mid-fold: {self._broken}")
         self._flush()
         assert self._sums is not None
         return _finish(self._sums, 1.0 / self.num_examples, self._dtypes)

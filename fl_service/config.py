@@ -56,6 +56,8 @@ KEYS: dict[str, Key] = {
     "learning_rate": Key(float, 0.05, (CLIENT,), "local training learning rate"),
     "min_participants": Key(int, 1, (GA, LA), "a round closes only if this many children answered"),
     "round_timeout_s": Key(float, 60.0, (GA, LA), "a round closes at this deadline"),
+    "example_cap_ratio": Key(float, 2.0, (GA, LA), "a train update may claim at most this many "
+                             "times the examples its child declared at join"),
     "tls_cert": Key(str, "", ALL, "serve HTTPS with this certificate (PEM)"),
     "tls_key": Key(str, "", ALL, "private key of tls_cert (PEM)"),
     "tls_ca": Key(str, "", (LA, CLIENT), "verify the parent's certificate with this CA (https)"),
@@ -90,6 +92,7 @@ MINIMUMS = {
     "learning_rate": (0.0, True),
     "min_participants": (1, False),
     "round_timeout_s": (0.0, True),
+    "example_cap_ratio": (1.0, False),
     "num_partitions": (1, False),
     "partition_id": (0, False),
     "classes_per_client": (1, False),

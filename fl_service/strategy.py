@@ -22,7 +22,9 @@ cfg["strategy_kwargs"] and wraps it in a `StrategyDriver`, which the roles call 
   (Flower's averages return float64 for them anyway; QFedAvg's in-place updates need floats);
   every aggregate is cast back to the model's dtypes, then must pass `validate_update`.
   "num-examples" is put back into aggregated metrics (Flower drops it): the accepted replies'
-  sum. An aggregate that is None, raises, or fails validation raises `AggregationFailed`.
+  sum. An aggregate that is None, raises, or fails validation (names, shapes, dtypes, every
+  value finite; on both paths) or whose metrics are not all finite raises `AggregationFailed`:
+  the round's model is never committed (the round logic keeps the previous one).
 - `state()` / `restore()`: the strategy's instance attributes that are not constructor keywords
   (FedOpt's m_t, v_t, current_arrays; FedAvgM's momentum_vector, ...), pickled; the GA keeps
   them in its checkpoint.
@@ -33,6 +35,7 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import math
 import pickle
 import time
 from collections.abc import Iterable, Mapping
@@ -218,14 +221,29 @@ class _Aggregation:
         return cut
 
     def _finish_metrics(self, aggregated: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {**dict(aggregated or {}), NUM_EXAMPLES: self.num_examples}
+        """The aggregated metrics with "num-examples" put back; AggregationFailed if one is
+        not finite (a NaN or Inf must never reach results, /status or a parent)."""
+        out = {**dict(aggregated or {}), NUM_EXAMPLES: self.num_examples}
+        for key, value in out.items():
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+                raise AggregationFailed(f"aggregated metric {key} is not finite: {value!r}")
+        return out
+
+    @staticmethod
+    def _checked(reference: Arrays, arrays: Arrays, name: str) -> Arrays:
+        reason = validate_update(reference, arrays)
+        if reason is not None:
+            raise AggregationFailed(f"{name}'s aggregate: {reason}")
+        return arrays
 
 
 class FedAvgAggregation(_Aggregation):
     """The fast path: our kernel folds arrays in as they arrive."""
 
-    def __init__(self, driver: StrategyDriver, server_round: int) -> None:
+    def __init__(self, driver: StrategyDriver, server_round: int, reference: Arrays) -> None:
         super().__init__(driver, server_round)
+        self.reference = reference
         self.acc = FedAvgAccumulator(batch=1)
 
     def add(self, child: str, arrays: Arrays | None, num_examples: int,
@@ -236,7 +254,12 @@ class FedAvgAggregation(_Aggregation):
         self.num_examples += num_examples
 
     def result(self) -> tuple[Arrays, dict[str, Any]]:
-        return self.acc.result(), self._finish_metrics(weighted_mean(self._cut_metrics()))
+        try:
+            arrays = self.acc.result()
+        except ValueError as exc:  # an update failed mid-fold: the sums are not trustworthy
+            raise AggregationFailed(f"FedAvg: {exc}") from None
+        arrays = self._checked(self.reference, arrays, "FedAvg")
+        return arrays, self._finish_metrics(weighted_mean(self._cut_metrics()))
 
 
 class StrategyAggregation(_Aggregation):
@@ -291,10 +314,8 @@ class StrategyAggregation(_Aggregation):
         assert self.reference is not None
         # Dtypes are cast back (FedOpt returns float64, Flower's averages float64 for integer
         # buffers); names, shapes and finiteness must then be the model's.
-        arrays = cast_like(self.reference, _from_record(record))
-        reason = validate_update(self.reference, arrays)
-        if reason is not None:
-            raise AggregationFailed(f"{name}'s aggregate: {reason}")
+        arrays = self._checked(self.reference, cast_like(self.reference, _from_record(record)),
+                               name)
         return arrays, self._finish_metrics(metrics)
 
 
@@ -357,7 +378,7 @@ class StrategyDriver:
 
     def train_aggregation(self, server_round: int, reference: Arrays) -> Aggregation:
         if self.fast:
-            return FedAvgAggregation(self, server_round)
+            return FedAvgAggregation(self, server_round, reference)
         return StrategyAggregation(self, server_round, MessageType.TRAIN, reference)
 
     def evaluate_aggregation(self, server_round: int) -> Aggregation:

@@ -1,7 +1,8 @@
 """The FL wire protocol, and the only module that knows it (docs/architecture.md).
 
 Children talk to their aggregator over HTTP/1.1 with one persistent connection each:
-  POST /fl/join   {name, role} -> {name: <aggregator>}   (also a heartbeat)
+  POST /fl/join   {name, role, num_examples?} -> {name: <aggregator>}   (also a heartbeat;
+                  num_examples declares the child's training examples, which bound its updates)
   GET  /fl/task?name=N&after=T  long-poll: a task frame, {"finished": true}, or 204
   POST /fl/update a frame with the child's result for one task
   POST /fl/leave  {name}
@@ -262,17 +263,43 @@ class Update:
     invalid: str | None = None
 
 
+# Bounds on every number in an update header (docs/architecture.md, "Update bounds"). Counts are
+# integers below 2^53, where every integer is still exact as a float; JSON's 1e400, NaN and
+# Infinity arrive as Python floats (inf, nan) and are refused. A metric's magnitude stays so far
+# below float64's 1.8e308 that a count-weighted sum of metrics never overflows.
+MAX_COUNT = 2**53 - 1
+MAX_METRIC = 1e200
+
+
+def _is_count(value: Any, minimum: int = 1) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and minimum <= value <= MAX_COUNT)
+
+
 def _is_metric(value: Any) -> bool:
     def scalar(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        return abs(v) <= (MAX_COUNT if isinstance(v, int) else MAX_METRIC)  # False for NaN
 
     if isinstance(value, list):
         return all(scalar(v) for v in value) and len({type(v) for v in value}) <= 1
     return scalar(value)
 
 
+def parse_declared(value: Any) -> int | None:
+    """The example count a child declares at join: None when it declares none; ValueError
+    unless a positive integer below 2^53."""
+    if value is None:
+        return None
+    if not _is_count(value):
+        raise ValueError(f"num_examples must be a positive integer below 2^53, got {value!r}")
+    return value
+
+
 def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
-    """Read an update header; never raises (a bad one comes back with `invalid` set)."""
+    """Read an update header; never raises (a bad one comes back with `invalid` set). Every
+    number in it must be finite and in bounds (MAX_COUNT, MAX_METRIC)."""
     update = Update(task_id=str(header.get("task_id", "")), arrays=arrays)
     if header.get("abstain") is True or "error" in header:
         if arrays is not None:
@@ -284,15 +311,17 @@ def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
             update.error = lines[0][:500] if lines else "error"
         return update
     num_examples = header.get("num_examples")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-        update.invalid = f"num_examples must be a positive integer, got {num_examples!r}"
+    if not _is_count(num_examples):
+        update.invalid = (f"num_examples must be a positive integer below 2^53, "
+                          f"got {num_examples!r}")
         return update
     update.num_examples = num_examples
     metrics = header.get("metrics", {})
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and _is_metric(v) for k, v in metrics.items()
     ):
-        update.invalid = "metrics must map names to numbers or lists of one number type"
+        update.invalid = ("metrics must map names to finite numbers (or lists of one number "
+                          f"type) of magnitude at most {MAX_METRIC:g}")
         return update
     if metrics.get(NUM_EXAMPLES, num_examples) != num_examples:
         update.invalid = (f"metrics {NUM_EXAMPLES} {metrics[NUM_EXAMPLES]!r} differs from "
@@ -300,12 +329,16 @@ def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
         return update
     update.metrics = {**metrics, NUM_EXAMPLES: num_examples}
     histogram = header.get("histogram") or {}
-    if isinstance(histogram, dict):
-        update.histogram = {str(k): int(v) for k, v in histogram.items()
-                            if isinstance(v, int) and not isinstance(v, bool)}
-    train_time = header.get("train_time_s")
-    if isinstance(train_time, int | float) and not isinstance(train_time, bool):
-        update.train_time_s = float(train_time)
+    if not isinstance(histogram, dict) or not all(_is_count(v, 0) for v in histogram.values()):
+        update.invalid = "histogram must map labels to counts (integers from 0 to 2^53)"
+        return update
+    update.histogram = {str(k): v for k, v in histogram.items()}
+    train_time = header.get("train_time_s", 0.0)
+    if not (isinstance(train_time, int | float) and not isinstance(train_time, bool)
+            and 0 <= train_time <= MAX_METRIC):
+        update.invalid = f"train_time_s must be a finite number >= 0, got {train_time!r}"
+        return update
+    update.train_time_s = float(train_time)
     return update
 
 
@@ -315,7 +348,8 @@ class Aggregator(Protocol):
 
     name: str
 
-    def join(self, child: str, role: str) -> None: ...
+    def join(self, child: str, role: str, num_examples: int | None) -> None:
+        """`num_examples`: what the child declares it trains on (None: nothing declared)."""
 
     def next_task(self, child: str, after: str, timeout: float) -> bytes | str | None:
         """A task frame, FINISHED, or None when nothing came within `timeout`."""
@@ -350,13 +384,28 @@ def rejected_reply(child: str, reason: str, stale: bool = False) -> Reply:
     return _json_reply(409 if stale else 422, {"accepted": False, "reason": reason}, child)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    """The JSON object in a request body; ValueError if it is none."""
+    try:
+        msg = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ValueError("body is not a JSON object")
+    return msg
+
+
 def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Reply]]:
     def join(query: dict[str, str], body: bytes) -> Reply:
-        msg = json.loads(body or b"{}")
+        try:
+            msg = _json_object(body)
+            declared = parse_declared(msg.get("num_examples"))
+        except ValueError as exc:
+            return _json_reply(400, {"error": str(exc)}, None)
         child = str(msg.get("name", ""))
         if not child:
             return _json_reply(400, {"error": "name missing"}, None)
-        agg.join(child, str(msg.get("role", "")))
+        agg.join(child, str(msg.get("role", "")), declared)
         return _json_reply(200, {"name": agg.name}, child)
 
     def task(query: dict[str, str], body: bytes) -> Reply:
@@ -381,7 +430,10 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
         return agg.submit(child, parse_update(header, arrays))
 
     def leave(query: dict[str, str], body: bytes) -> Reply:
-        child = str(json.loads(body or b"{}").get("name", ""))
+        try:
+            child = str(_json_object(body).get("name", ""))
+        except ValueError as exc:
+            return _json_reply(400, {"error": str(exc)}, None)
         agg.leave(child)
         return _json_reply(200, {}, child or None)
 
@@ -482,9 +534,14 @@ class ParentLink:
             raise ParentUnavailable(f"{self.peer}{path}: HTTP {status} {data[:200]!r}")
         return json.loads(data or b"{}")
 
-    def join(self) -> str:
-        """Register with the parent; returns (and from now on counts bytes under) its name."""
-        body = json.dumps({"name": self.name, "role": self.role}).encode()
+    def join(self, num_examples: int | None = None) -> str:
+        """Register with the parent, declaring `num_examples` (the examples this child trains
+        on) if given; returns (and from now on counts bytes under) the parent's name. Joining
+        again re-declares."""
+        msg: dict[str, Any] = {"name": self.name, "role": self.role}
+        if num_examples is not None:
+            msg["num_examples"] = num_examples
+        body = json.dumps(msg).encode()
         status, _, data, sent, received = self._exchange("POST", "/fl/join", body, JSON_TYPE,
                                                          30.0)
         if status != 200:

@@ -4,6 +4,13 @@ Joins with backoff while the parent is down (e.g. a GA restart), long-polls for 
 switches parent live: `/control {"parent": ...}`, `{"reload": true}` or SIGHUP. A switch breaks
 the poll on the old parent, tells it we leave (so its open round stops waiting for us) and joins
 the new one; the next task comes from the new parent.
+
+Every join declares how many examples this child trains on (`declared()`: a client's partition
+size, known after warm-up; an LA's children's declared sum), because the parent caps each train
+update at a multiple of it. Before a train update goes up, a changed count is declared again
+(a re-join over the same link); a child that knew none declares its first reply's count. After
+any rejected or undelivered update the next poll joins again, so a parent that restarted (and
+forgot the declarations) learns them before the next round.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,10 +34,15 @@ Task = tuple[ParentLink, dict[str, Any], list[np.ndarray]]
 
 
 class ParentSide:
-    def __init__(self, cfg: dict[str, Any], state: ServiceState, links: LinkCounters) -> None:
+    def __init__(self, cfg: dict[str, Any], state: ServiceState, links: LinkCounters,
+                 declared: Callable[[], int] | None = None) -> None:
+        """`declared()`: the example count to declare now, 0 when not known (default: the
+        state's num_examples, which a client sets after warm-up and after each reply)."""
         self.cfg = cfg
         self.state = state
         self.links = links
+        self.declared = declared or (lambda: int(state.num_examples))
+        self._declared_on: int | None = None  # what the current link's parent was told
         self._lock = threading.Lock()
         self._switched = threading.Condition(self._lock)
         self._generation = 0  # bumped by every switch
@@ -82,14 +95,15 @@ class ParentSide:
         (`parent_error`, `parent_error_age_s`) until a join succeeds, so placement can tell a
         parent still starting from one this child cannot resolve or reach."""
         began = time.monotonic()
+        count = self.declared() or None
         try:
-            name = link.join()
+            name = link.join(count)
         except ParentUnavailable as exc:
             if link is self.current():
                 self.state.set(parent_error=str(exc), parent_error_at=began)
             raise
         self.state.set(parent_name=name, parent_error=None, parent_error_at=None)
-        self._joined = link
+        self._joined, self._declared_on = link, count
 
     def send_update(self, link: ParentLink, header: dict[str, Any],
                     arrays: list[np.ndarray] | None) -> None:
@@ -97,12 +111,21 @@ class ParentSide:
             log.info("%s: parent changed during the task; update dropped", self.cfg["name"])
             return
         try:
+            if arrays is not None and "num_examples" in header:  # a train update
+                self._declare(link, self.declared() or header["num_examples"])
             accepted, reason = link.send_update(header, arrays)
         except ParentUnavailable as exc:
             log.warning("%s: update not delivered: %s", self.cfg["name"], exc)
+            self._joined = None
             return
         if not accepted:
             log.warning("%s: update not accepted: %s", self.cfg["name"], reason)
+            self._joined = None
+
+    def _declare(self, link: ParentLink, count: int) -> None:
+        if count != self._declared_on:
+            link.join(count)
+            self._declared_on = count
 
     def switch(self, parent: str) -> bool:
         """Move to `parent` (host:port); False if it is the current one."""

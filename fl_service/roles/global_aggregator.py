@@ -10,8 +10,13 @@ new model, aggregated by the strategy's aggregate_evaluate (results `federated`,
 answers is logged and skipped.
 
 The number of global rounds can be changed while it runs (`/control {"global_rounds": N}`, the
-orchestrator's budget stop): it is kept in <state_dir>/global_rounds.json so a GA restarted with
-the same config keeps it. A finished GA given more rounds goes on training.
+orchestrator's budget stop): it is kept in <state_dir>/global_rounds.json (written atomically)
+so a GA restarted with the same config keeps it. A finished GA given more rounds goes on
+training.
+
+A round whose aggregate is not usable (not finite, the strategy failed) is run again from the
+same model; nothing of it is committed or checkpointed. The checkpoint is verified before the
+port opens (finite, this model's names, shapes and dtypes; fl_service.checkpoint).
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from typing import Any
 from flwr.app import Array, ArrayRecord
 from torch import nn
 
-from fl_service.checkpoint import load_checkpoint, save_checkpoint, save_final_model
+from fl_service.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    save_final_model,
+    verify_model,
+    write_json,
+)
 from fl_service.config import ConfigError
 from fl_service.datasets import make_loader
 from fl_service.device import pick_device
@@ -56,7 +67,7 @@ class GlobalAggregator(Service):
         self.model_fn = _callable(cfg, "model")
         self.evaluate_fn = _callable(cfg, "evaluate_fn")
         super().__init__(cfg)
-        self.coordinator = RoundCoordinator(cfg["name"], self.state)
+        self.coordinator = RoundCoordinator(cfg["name"], self.state, cfg["example_cap_ratio"])
         self._rounds = threading.Condition()
         self._done = 0  # completed global rounds
         self._round_open = False
@@ -64,8 +75,10 @@ class GlobalAggregator(Service):
         # Resume before the HTTP port opens, so no one (a readiness probe, the orchestrator)
         # ever sees a restarted GA at round 0 while it still holds completed rounds.
         self._checkpoint = load_checkpoint(self.state_dir)
+        self.model = self._build_model()
         self._history: list[dict[str, Any]] = []
         if self._checkpoint is not None:
+            verify_model(self.state_dir, self._checkpoint["model"], self.model.state_dict())
             self._done = int(self._checkpoint["round"])
             self._history = list(self._checkpoint["history"])
             self.state.set(global_round=self._done)
@@ -83,10 +96,16 @@ class GlobalAggregator(Service):
     def _load_override(self) -> int:
         path = self.state_dir / ROUNDS_OVERRIDE
         if path.exists():
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+                wanted = saved["global_rounds"]
+                made_under = saved["config_global_rounds"]
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigError("global_rounds", f"{path} unreadable ({exc!r}); move it away "
+                                  "to use the config's global_rounds") from None
             # Only while the config still says what it said when the override was made.
-            if saved.get("config_global_rounds") == self.cfg["global_rounds"]:
-                return int(saved["global_rounds"])
+            if made_under == self.cfg["global_rounds"]:
+                return int(wanted)
         return self.cfg["global_rounds"]
 
     def _target(self) -> int:
@@ -104,9 +123,10 @@ class GlobalAggregator(Service):
         with self._rounds:
             # A round already sent out is finished, never cut short.
             in_force = max(wanted, self._done + (1 if self._round_open else 0))
+            write_json(self.state_dir / ROUNDS_OVERRIDE,
+                       {"global_rounds": in_force,
+                        "config_global_rounds": self.cfg["global_rounds"]})
             self.state.set(global_rounds=in_force)
-            (self.state_dir / ROUNDS_OVERRIDE).write_text(json.dumps(
-                {"global_rounds": in_force, "config_global_rounds": self.cfg["global_rounds"]}))
             self._rounds.notify_all()
         self.coordinator.wake()
         log.info("%s: global_rounds set to %d", self.cfg["name"], in_force)
@@ -116,12 +136,16 @@ class GlobalAggregator(Service):
         return {**super().routes(), **aggregator_routes(self.coordinator)}
 
     # ------------------------------------------------------------ rounds
-    def run(self) -> None:
+    def _build_model(self) -> nn.Module:
         cfg = self.cfg
         model = self.model_fn() if self.model_fn is not None else self.task.load_model(cfg)
         if not isinstance(model, nn.Module):
             raise ConfigError("model", f"{cfg['model']} returned {type(model).__name__}, "
                               "not a torch nn.Module")
+        return model
+
+    def run(self) -> None:
+        cfg, model = self.cfg, self.model
         evaluate = self._central_evaluation(model)
         history = self._history
         if self._checkpoint is not None:

@@ -44,8 +44,10 @@ class LocalAggregator(Service):
         self.driver = build_driver(cfg)  # a bad strategy stops us before anything is written
         self.train_config = dict(config_record(cfg.get("train_config") or {}, "train_config"))
         super().__init__(cfg)
-        self.coordinator = RoundCoordinator(cfg["name"], self.state)
-        self.parent = ParentSide(cfg, self.state, self.links)
+        self.coordinator = RoundCoordinator(cfg["name"], self.state, cfg["example_cap_ratio"])
+        # We declare to our parent what our children declared to us: our updates' counts are
+        # sums of theirs, so the parent's cap composes with ours.
+        self.parent = ParentSide(cfg, self.state, self.links, self.coordinator.declared_total)
 
     def routes(self) -> dict[tuple[str, str], Route]:
         return {**super().routes(), **aggregator_routes(self.coordinator)}

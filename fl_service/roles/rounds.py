@@ -8,7 +8,14 @@ last one lands) and closes the round when every selected child has answered or a
 Who is asked, deadlines and min_participants are decided here, never by the strategy. Children
 that were selected but did not answer are dropped from the live set; they come back with their
 next poll. Bad updates and error replies are rejected, logged and counted, never aggregated; a
-round whose aggregation fails counts as one with too few answers.
+round whose aggregation fails (the strategy raises, or its aggregate or metrics are not finite)
+counts as one with too few answers, so the caller keeps its previous model.
+
+Update bounds (docs/architecture.md): a child declares at join how many examples it trains on;
+a train update may claim at most `cap_ratio` times that (and always below 2^53), and is admitted
+only while the weighted sum cannot overflow (aggregation.OverflowGuard). An update that breaks
+a bound, or that the aggregation raises on, is rejected with its reason (HTTP 422); the round
+goes on with the others.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fl_service.aggregation import validate_update
+from fl_service.aggregation import OverflowGuard, validate_update
 from fl_service.http_server import Reply
 from fl_service.metrics import ServiceState
 from fl_service.strategy import NUM_EXAMPLES, Aggregation, AggregationFailed, StrategyDriver
 from fl_service.transport import (
     EVALUATE,
     FINISHED,
+    MAX_COUNT,
     TRAIN,
     Arrays,
     Update,
@@ -69,6 +77,7 @@ class _OpenRound:
     frame: bytes
     reference: Arrays
     aggregation: Aggregation
+    guard: OverflowGuard
     selected: set[str]
     responded: set[str] = field(default_factory=set)
     accepted: list[str] = field(default_factory=list)
@@ -79,12 +88,21 @@ class _OpenRound:
     aggregation_time_s: float = 0.0
 
 
+DEFAULT_CAP_RATIO = 2.0  # config key example_cap_ratio
+
+
 class RoundCoordinator:
-    def __init__(self, name: str, state: ServiceState) -> None:
+    def __init__(self, name: str, state: ServiceState,
+                 cap_ratio: float = DEFAULT_CAP_RATIO) -> None:
         self.name = name
         self.state = state
+        self.cap_ratio = cap_ratio
         self._cond = threading.Condition()
         self._children: dict[str, str] = {}  # name -> role
+        # name -> the example count it declared at its last join. Kept while a child is
+        # dropped for a missed round (it comes back by polling, without joining); gone when it
+        # leaves.
+        self._declared: dict[str, int] = {}
         self._round: _OpenRound | None = None
         self._finished = False
         self._boot = uuid.uuid4().hex[:8]  # task ids from a restarted aggregator never repeat
@@ -96,10 +114,29 @@ class RoundCoordinator:
         with self._cond:
             return list(self._children)
 
-    def join(self, child: str, role: str) -> None:
+    def join(self, child: str, role: str, num_examples: int | None = None) -> None:
         with self._cond:
             self._children[child] = role or self._children.get(child, "")
+            if num_examples is not None and self._declared.get(child) != num_examples:
+                log.info("%s: %s declares %d examples", self.name, child, num_examples)
+                self._declared[child] = num_examples
             self._cond.notify_all()
+
+    def declared_total(self) -> int:
+        """The sum of the example counts the children declared (what an LA declares)."""
+        with self._cond:
+            return min(sum(self._declared.values()), MAX_COUNT)
+
+    def _over_cap(self, child: str, num_examples: int) -> str | None:
+        with self._cond:
+            declared = self._declared.get(child)
+        if declared is None:
+            return "no num_examples declared at join (join again declaring it)"
+        cap = min(int(self.cap_ratio * declared), MAX_COUNT)
+        if num_examples > cap:
+            return (f"num_examples {num_examples} over the cap {cap} "
+                    f"({self.cap_ratio:g} x the {declared} declared at join)")
+        return None
 
     def next_task(self, child: str, after: str, timeout: float) -> bytes | str | None:
         deadline = time.monotonic() + timeout
@@ -140,31 +177,48 @@ class RoundCoordinator:
             self.state.count_rejected()
             self._responded(r, child)
             return error_recorded_reply(child)
-        reason = update.invalid or self._check(r, update)
+        magnitudes: dict[str, float] = {}
+        reason = update.invalid or self._check(r, update, magnitudes)
+        if reason is None and r.kind == TRAIN:
+            reason = self._over_cap(child, update.num_examples)
         if reason is None:
             with r.acc_lock:
                 if r.closed:
                     return rejected_reply(child, "the round closed before this update", stale=True)
-                start = time.perf_counter()
-                r.aggregation.add(child, update.arrays, update.num_examples, update.metrics)
-                r.aggregation_time_s += time.perf_counter() - start
-                r.accepted.append(child)
-                r.train_times.append(update.train_time_s)
-                for label, count in update.histogram.items():
-                    r.histogram[label] = r.histogram.get(label, 0) + count
-        else:
+                reason = self._fold(r, child, update, magnitudes)
+        if reason is not None:
             log.warning("%s: rejected update from %s: %s", self.name, child, reason)
             self.state.count_rejected()
         self._responded(r, child)
         return accepted_reply(child) if reason is None else rejected_reply(child, reason)
 
     @staticmethod
-    def _check(r: _OpenRound, update: Update) -> str | None:
+    def _check(r: _OpenRound, update: Update, magnitudes: dict[str, float]) -> str | None:
         if r.kind == EVALUATE:
             return None if update.arrays is None else "an evaluate reply carries no model"
         if update.arrays is None:
             return "a train reply needs the model"
-        return validate_update(r.reference, update.arrays)
+        return validate_update(r.reference, update.arrays, magnitudes)
+
+    @staticmethod
+    def _fold(r: _OpenRound, child: str, update: Update, magnitudes: dict[str, float]
+              ) -> str | None:
+        """Fold `update` into the round (caller holds r.acc_lock); why not, or None."""
+        reason = r.guard.admit(magnitudes, update.num_examples)
+        if reason is not None:
+            return reason
+        start = time.perf_counter()
+        try:
+            r.aggregation.add(child, update.arrays, update.num_examples, update.metrics)
+        except Exception as exc:  # one child's update must never take the round down
+            return f"could not be aggregated: {type(exc).__name__}: {exc}"
+        finally:
+            r.aggregation_time_s += time.perf_counter() - start
+        r.accepted.append(child)
+        r.train_times.append(update.train_time_s)
+        for label, count in update.histogram.items():
+            r.histogram[label] = r.histogram.get(label, 0) + count
+        return None
 
     def _responded(self, r: _OpenRound, child: str) -> None:
         with self._cond:
@@ -174,6 +228,7 @@ class RoundCoordinator:
     def leave(self, child: str) -> None:
         with self._cond:
             self._children.pop(child, None)
+            self._declared.pop(child, None)
             r = self._round
             if r is not None and child not in r.responded:
                 r.selected.discard(child)  # the round need not wait for it
@@ -227,7 +282,8 @@ class RoundCoordinator:
         serialization = time.perf_counter() - start
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            r = _OpenRound(task_id, kind, frame, arrays, aggregation, set(self._children))
+            r = _OpenRound(task_id, kind, frame, arrays, aggregation, OverflowGuard(arrays),
+                           set(self._children))
             self._round = r
             self._cond.notify_all()
             while not r.selected <= r.responded:
@@ -245,6 +301,8 @@ class RoundCoordinator:
                     aggregate, metrics = r.aggregation.result()
                 except AggregationFailed as exc:
                     failure = str(exc)
+                except Exception as exc:  # a bug must cost this round, not the service
+                    failure = f"{type(exc).__name__}: {exc}"
                 r.aggregation_time_s += time.perf_counter() - fold_start
         with self._cond:
             self._round = None

@@ -153,7 +153,7 @@ def run_round(agg: Aggregator, results: list, kind: str = TRAIN,
 def test_a_child_joins_gets_a_task_and_its_update_is_aggregated(aggregator: Aggregator) -> None:
     links = LinkCounters()
     child = ParentLink(("127.0.0.1", aggregator.port), "c1", "client", links)
-    assert child.join() == "agg" and child.peer == "agg"
+    assert child.join(num_examples=5) == "agg" and child.peer == "agg"
     assert child.poll_task("") is None  # nothing open yet: the long poll times out
     results: list = []
     thread = run_round(aggregator, results)
@@ -185,8 +185,8 @@ def test_a_child_joins_gets_a_task_and_its_update_is_aggregated(aggregator: Aggr
 def test_a_child_that_leaves_is_not_waited_for(aggregator: Aggregator) -> None:
     stayer = ParentLink(("127.0.0.1", aggregator.port), "stay", "client", LinkCounters())
     leaver = ParentLink(("127.0.0.1", aggregator.port), "leave", "client", LinkCounters())
-    stayer.join()
-    leaver.join()
+    stayer.join(1)
+    leaver.join(1)
     results: list = []
     thread = run_round(aggregator, results)
     header, arrays = stayer.poll_task("")
@@ -277,8 +277,8 @@ def test_tls_parent_is_verified_with_the_configured_ca(tmp_path: Path) -> None:
 def test_an_abstaining_child_is_not_waited_for(aggregator: Aggregator) -> None:
     la0 = ParentLink(("127.0.0.1", aggregator.port), "la0", "local_aggregator", LinkCounters())
     la1 = ParentLink(("127.0.0.1", aggregator.port), "la1", "local_aggregator", LinkCounters())
-    la0.join()
-    la1.join()
+    la0.join(3)
+    la1.join(3)
     results: list = []
     thread = run_round(aggregator, results)
     header, arrays = la0.poll_task("")
@@ -293,7 +293,7 @@ def test_an_abstaining_child_is_not_waited_for(aggregator: Aggregator) -> None:
 def children(agg: Aggregator, *names: str) -> list[ParentLink]:
     links = [ParentLink(("127.0.0.1", agg.port), n, "client", LinkCounters()) for n in names]
     for link in links:
-        link.join()
+        link.join(num_examples=10)
     return links
 
 
