@@ -77,12 +77,17 @@ class Watch:
       ``TIMEOUTS_GONE`` polls in a row); its ``log`` (a file on this host), if given, adds the
       end of its log;
     - waiting for ``finished``: the global aggregator stops answering (refused or unresolvable at
-      once, timeouts after ``TIMEOUTS_GONE`` polls in a row).
+      once, timeouts after ``TIMEOUTS_GONE`` polls in a row);
+    - a service's URL is answered by another service: its /status must name the service, the
+      ``pipeline`` (if given) and the pid placement started (``pids``: name -> pid, if given),
+      else another process holds its port (the service itself then cannot bind it).
     """
 
     def __init__(self, services, fetch_timeout=3.0, probe=None, fetch=fetch_all,
-                 clock=time.monotonic):
+                 clock=time.monotonic, pipeline=None, pids=None):
         self.services = services
+        self.pipeline = pipeline
+        self.pids = dict(pids or {})
         self.started = {s["name"] for s in services if s.get("started")}
         self.waited = [s["name"] for s in services if s.get("wait", True) is not False]
         self.logs = {s["name"]: s.get("log") for s in services}
@@ -102,13 +107,31 @@ class Watch:
         statuses = self._fetch(self.services, self.fetch_timeout)
         ended = self.clock()
         for name, doc in statuses.items():
-            if doc.get("reachable"):
+            impostor = doc.get("reachable") and self.impostor(name, doc)
+            if impostor:
+                statuses[name] = {"reachable": False, "error": impostor, "timed_out": False,
+                                  "impostor": True}
+            elif doc.get("reachable"):
                 self.up_since.setdefault(name, ended)
                 self.timeouts[name] = 0
             elif doc.get("timed_out"):
                 self.timeouts[name] += 1
         self.statuses = statuses
         return began
+
+    def impostor(self, name, doc):
+        """Why the /status ``doc`` read for ``name`` is not that service's, or None."""
+        want = {"name": name}
+        if self.pipeline:
+            want["pipeline"] = self.pipeline
+        if self.pids.get(name):
+            want["pid"] = self.pids[name]
+        got = {key: doc.get(key) for key in want}
+        if got == want:
+            return None
+        port = urlsplit(self.url[name]).port
+        return (f"{name}: port {port} ({self.url[name]}) answers as {_identity(got)}, not as "
+                f"{_identity(want)}: another process holds the port")
 
     def parent_failures(self, began):
         """(failures, undecided): children that cannot reach an answering parent, and children
@@ -141,6 +164,8 @@ class Watch:
     def check(self, began, until):
         """Raise WaitFailed for a failure; True when ``until`` holds."""
         failures, undecided = self.parent_failures(began)
+        failures += [self.statuses[n]["error"] for n in self.waited
+                     if self.statuses[n].get("impostor")]
         down = [n for n in self.waited if not self.statuses[n].get("reachable")]
         if self.probe and down:
             failures += [msg for name, msg in sorted(self.probe(down).items())]
@@ -150,7 +175,8 @@ class Watch:
                     failures.append(f"{root}: the global aggregator stopped answering "
                                     f"/status: {self.statuses[root].get('error')}")
         for name in down:
-            if name in self.started and self.gone(name):
+            if name in self.started and self.gone(name) and not self.statuses[name].get(
+                    "impostor"):
                 failures.append(f"{name}: stopped answering {self.url[name]} after it started: "
                                 f"{self.statuses[name].get('error')}{self.log_tail(name)}")
         if failures:
@@ -206,6 +232,10 @@ class Watch:
                 raise WaitFailed(f"{what} within {timeout:g} s:\n" + "\n".join(self.pending(until)),
                                  self.statuses)
             sleep(poll_s)
+
+
+def _identity(fields):
+    return ", ".join(f"{key} {value!r}" for key, value in fields.items())
 
 
 def podman_probe(run_command, pipeline, lines=LOG_LINES):

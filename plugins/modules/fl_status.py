@@ -25,7 +25,9 @@ description:
     answering; attempts that met a parent still starting do not count); with
     O(podman_pipeline), a service whose pod is missing or whose container exited, with the end
     of its log; a O(services[].started) service that stopped answering; with C(finished), the
-    global aggregator not answering.
+    global aggregator not answering; a service whose URL is answered by another service (its
+    C(/status) must name the service, O(pipeline) when given and its pid in O(pids) when
+    given; else another process holds its port).
   - Otherwise it fails after O(wait_timeout) seconds, listing what it still waited for.
   - Reads only; changes nothing.
 author:
@@ -97,6 +99,19 @@ options:
     description: Seconds between two reads while waiting.
     type: float
     default: 2.0
+  pipeline:
+    description:
+      - While waiting, each service's C(/status) must name this pipeline (as well as the service's
+        own name, which is always checked), else the wait fails at once (something else answers
+        on its port).
+    type: str
+  pids:
+    description:
+      - While waiting, the pid each named service must report in its C(/status) (the process
+        runtime's pids, as C(hfl.orchestration.fl_process) returns them), else the wait fails at
+        once.
+    type: dict
+    default: {}
   podman_pipeline:
     description:
       - While waiting, read the pods labelled C(hfl.io/pipeline=<this>) on the host the module
@@ -124,6 +139,7 @@ EXAMPLES = r"""
       - {name: la1, url: "http://127.0.0.1:8081/status", parent: ga}
     wait_for: reachable
     wait_timeout: 180
+    pipeline: demo
     podman_pipeline: demo
 
 - name: Read every service of the plan
@@ -179,6 +195,8 @@ def run_module():
                           default="none"),
             wait_timeout=dict(type="int", default=180),
             poll_s=dict(type="float", default=2.0),
+            pipeline=dict(type="str"),
+            pids=dict(type="dict", default={}),
             podman_pipeline=dict(type="str"),
         ),
         supports_check_mode=True,
@@ -192,7 +210,8 @@ def run_module():
     probe = None
     if p["podman_pipeline"]:
         probe = podman_probe(module.run_command, p["podman_pipeline"])
-    watch = Watch(p["services"], p["timeout"], probe)
+    pids = {str(name): int(pid) for name, pid in p["pids"].items() if pid is not None}
+    watch = Watch(p["services"], p["timeout"], probe, pipeline=p["pipeline"], pids=pids)
     try:
         statuses = watch.wait(p["wait_for"], p["wait_timeout"], p["poll_s"])
     except WaitFailed as e:

@@ -42,9 +42,12 @@ class Scripted:
         self.polls, self.now = list(polls), 100.0
 
     def fetch(self, services, timeout):
+        """Each answer names its service and pipeline p, unless the script says otherwise."""
         self.now += 0.1
         poll = self.polls.pop(0)
-        return {s["name"]: dict(poll[s["name"]]) for s in services}
+        return {s["name"]: ({"name": s["name"], "pipeline": "p", **poll[s["name"]]}
+                            if poll[s["name"]].get("reachable") else dict(poll[s["name"]]))
+                for s in services}
 
     def clock(self):
         return self.now
@@ -53,9 +56,9 @@ class Scripted:
         self.now += seconds
 
 
-def watch(polls, probe=None, services=SERVICES):
+def watch(polls, probe=None, services=SERVICES, **identity):
     s = Scripted(polls)
-    return Watch(services, probe=probe, fetch=s.fetch, clock=s.clock), s
+    return Watch(services, probe=probe, fetch=s.fetch, clock=s.clock, **identity), s
 
 
 def la(error=None, age=None, **extra):
@@ -144,6 +147,29 @@ def test_a_started_service_that_stops_answering_fails_with_its_log(tmp_path):
     # The parent not answering holds nothing up and fails nothing here.
     w, s = watch([{"ga": REFUSED, "la1": la()}], services=services)
     assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["ga"] == REFUSED
+
+
+@pytest.mark.parametrize(("answer", "identity", "seen", "wanted"), [
+    ({"name": "other"}, {}, "name 'other'", "name 'ga'"),
+    ({"pipeline": "q"}, {"pipeline": "p"}, "name 'ga', pipeline 'q'", "name 'ga', pipeline 'p'"),
+    ({"pid": 41}, {"pipeline": "p", "pids": {"ga": 42}}, "name 'ga', pipeline 'p', pid 41",
+     "name 'ga', pipeline 'p', pid 42"),
+])
+def test_a_port_answered_by_another_service_fails_at_once(answer, identity, seen, wanted):
+    services = [{"name": "ga", "url": "http://h:8080/status", "started": True},
+                {"name": "la1", "url": "http://h:8081/status", "parent": "ga"}]
+    w, s = watch([{"ga": {**UP, **answer}, "la1": la(pid=7)}], services=services, **identity)
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+    assert str(failed.value) == (f"ga: port 8080 (http://h:8080/status) answers as {seen}, not "
+                                 f"as {wanted}: another process holds the port")
+    assert failed.value.statuses["ga"]["impostor"] is True
+
+
+def test_services_answering_as_themselves_pass_the_identity_check():
+    w, s = watch([{"ga": {**UP, "pid": 42}, "la1": la(pid=7)}], pipeline="p",
+                 pids={"ga": 42, "la1": 7})
+    assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["ga"]["pid"] == 42
 
 
 def test_podman_probe_reads_pods_and_gives_the_log_tail():
