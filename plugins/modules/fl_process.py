@@ -69,7 +69,7 @@ options:
     description:
       - Seconds to wait after a start until the service answers C(GET /status); C(0) does not
         wait. The service counts as started only once its C(/status) names it (its config's
-        C(name)) and reports the pid started: anything else answering on its port (another
+        C(name)) and reports the pid started; anything else answering on its port (another
         process holding the port, which the service then fails to bind) does not count.
       - A process that exits first fails the task with a one-line reason naming the port and
         its log's last line (the end of the log is in RV(log_tail)).
