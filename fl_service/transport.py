@@ -287,13 +287,19 @@ def _is_metric(value: Any) -> bool:
     return scalar(value)
 
 
+def _shown(value: Any) -> str:
+    """`value` for a one-line reason: a 400-digit integer is not read by anyone."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
 def parse_declared(value: Any) -> int | None:
     """The example count a child declares at join: None when it declares none; ValueError
     unless a positive integer below 2^53."""
     if value is None:
         return None
     if not _is_count(value):
-        raise ValueError(f"num_examples must be a positive integer below 2^53, got {value!r}")
+        raise ValueError(f"num_examples must be a positive integer below 2^53, got {_shown(value)}")
     return value
 
 
@@ -313,7 +319,7 @@ def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
     num_examples = header.get("num_examples")
     if not _is_count(num_examples):
         update.invalid = (f"num_examples must be a positive integer below 2^53, "
-                          f"got {num_examples!r}")
+                          f"got {_shown(num_examples)}")
         return update
     update.num_examples = num_examples
     metrics = header.get("metrics", {})
@@ -336,7 +342,7 @@ def parse_update(header: dict[str, Any], arrays: Arrays | None) -> Update:
     train_time = header.get("train_time_s", 0.0)
     if not (isinstance(train_time, int | float) and not isinstance(train_time, bool)
             and 0 <= train_time <= MAX_METRIC):
-        update.invalid = f"train_time_s must be a finite number >= 0, got {train_time!r}"
+        update.invalid = f"train_time_s must be a finite number >= 0, got {_shown(train_time)}"
         return update
     update.train_time_s = float(train_time)
     return update

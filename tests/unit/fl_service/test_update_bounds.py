@@ -249,3 +249,8 @@ def test_a_child_declares_at_join_and_again_before_an_update_when_its_count_chan
     side.send_update(link, train_update("t2", 35, {}), MODEL)
     side.send_update(link, train_update("t3", 38, {}), MODEL)  # unchanged: no extra join
     assert link.joins == [None, 7, 40] and len(link.sent) == 3
+
+
+def test_a_reason_shows_a_huge_number_shortened() -> None:
+    invalid = parsed(f'{{"num_examples": {10**400}}}').invalid
+    assert invalid.endswith("got 10000000000000000000...(401 characters)")
