@@ -217,7 +217,8 @@ class RoundCoordinator:
         r.accepted.append(child)
         r.train_times.append(update.train_time_s)
         for label, count in update.histogram.items():
-            r.histogram[label] = r.histogram.get(label, 0) + count
+            # Capped, so that a sum of legal counts stays a legal count for our parent.
+            r.histogram[label] = min(r.histogram.get(label, 0) + count, MAX_COUNT)
         return None
 
     def _responded(self, r: _OpenRound, child: str) -> None:

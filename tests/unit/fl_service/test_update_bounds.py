@@ -254,3 +254,12 @@ def test_a_child_declares_at_join_and_again_before_an_update_when_its_count_chan
 def test_a_reason_shows_a_huge_number_shortened() -> None:
     invalid = parsed(f'{{"num_examples": {10**400}}}').invalid
     assert invalid.endswith("got 10000000000000000000...(401 characters)")
+
+
+def test_summed_histograms_stay_a_count_the_parent_accepts() -> None:
+    r = Round({"a": 5, "b": 5})
+    for child in ("a", "b"):
+        update = parse_update({**train_update(r.task_id, 5, {}, {"0": MAX_COUNT - 1, "1": 2}),
+                               "name": child}, MODEL)
+        assert r.coordinator.submit(child, update).status == 200
+    assert r.result().histogram == {"0": MAX_COUNT, "1": 4}
