@@ -2,19 +2,24 @@
 attacker on the network would: each joins under a name of its own, takes the round's task and
 answers it with one forged frame. Counts of 10^12, 10^39 and 1e400, NaN/Inf header fields and
 values that overflow the aggregate are each rejected with a reason; the GA and the LA stay up,
-every round completes with the honest updates only, and the global model stays finite."""
+every round completes with the honest updates only, and the global model stays finite. A
+checkpoint poisoned on disk is refused, not resumed from."""
 
 import json
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fl_procs import Pipeline
+import yaml
+from fl_procs import Pipeline, free_port
 
 from fl_service.transport import FRAME_TYPE, LinkCounters, ParentLink, encode_frame
 
@@ -133,3 +138,20 @@ def test_forged_updates_are_rejected_and_training_goes_on_unharmed(pipeline: Pip
     assert checkpoint["round"] == global_rounds
     assert all(bool(torch.isfinite(t).all()) for t in checkpoint["model"].values()
                if t.is_floating_point())
+
+
+def test_a_ga_never_resumes_from_a_poisoned_checkpoint(tmp_path: Path) -> None:
+    state = tmp_path / "ga"
+    state.mkdir()
+    poisoned = {"model": {"w": torch.tensor([float("nan")])}, "round": 3,
+                "history": [{"global_round": 3}]}
+    torch.save(poisoned, state / "checkpoint.pt")
+    config = tmp_path / "ga.yaml"
+    config.write_text(yaml.safe_dump({"name": "ga", "port": free_port(),
+                                      "state_dir": str(state), **TRAINING}))
+    done = subprocess.run([sys.executable, "-m", "fl_service", "global_aggregator", "--config",
+                           str(config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"fl_service: config error: checkpoint: {state / 'checkpoint.pt'}: model tensor w holds "
+        "NaN or Inf (move the file away to start over)")
