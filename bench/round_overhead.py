@@ -14,6 +14,8 @@ first-call costs, are left out).
   and clients on a Flower ClientApp written as Flower users write them (bench/flower_app's
   `client_app`: a new model per message, `to_torch_state_dict`, `ArrayRecord(state_dict)`),
   so the second figure includes what Flower's Message API costs inside the app.
+- one client task in-process (no network, no other process): decode, the runner's call of the
+  app, encode, minus training; for both apps, so the app's own share is seen apart from ours.
 - plain Flower: the same model, clients and training through flwr's legacy start_server /
   start_client (bench/plain_flower.py) and through its deployment engine (SuperLink +
   SuperNodes + `flwr run`); the faster is plain Flower's figure.
@@ -46,7 +48,9 @@ sys.path.insert(0, str(BENCH))
 
 import overhead_task  # noqa: E402
 
-from fl_service.transport import decode_frame, encode_frame  # noqa: E402
+from fl_service.config import load_config  # noqa: E402
+from fl_service.flower_app import ClientRunner  # noqa: E402
+from fl_service.transport import decode_frame, encode_frame, encode_task  # noqa: E402
 
 CLIENTS = 4
 LOCAL_ROUNDS = 2
@@ -270,6 +274,29 @@ def serialization_costs(arrays: dict[str, np.ndarray], repeat: int = 9) -> tuple
     return min(enc), min(dec)
 
 
+def client_call_overhead(root: Path, arrays: dict[str, np.ndarray], client: dict | None = None,
+                         repeat: int = 30) -> float:
+    """Median seconds one client task costs beyond training, in-process with no network: the
+    frame decoded, the runner's call of the app (Message in, reply read back), the update
+    encoded. With `client` = CLIENT_APP this is what the Flower ClientApp's own handler adds
+    (its model rebuilt, Flower's ArrayRecord conversions) beside our runner's share."""
+    path = root / f"call_{len(list(root.glob('call_*')))}.yaml"
+    path.write_text(json.dumps({"name": "c0", "port": 1, "parent": "127.0.0.1:1", **TRAINING,
+                                **(client or {})}))
+    runner = ClientRunner(load_config("client", path))
+    runner.warm_up()
+    frame = encode_task("t", "train", 1, 1, {"server-round": 1, "local-round": 1}, arrays)
+    costs = []
+    for i in range(repeat + 3):
+        t0 = time.perf_counter()
+        header, task_arrays = decode_frame(frame)
+        update, out = runner.handle(header, task_arrays)
+        encode_frame(update, out)
+        if i >= 3:  # the first calls pay torch's first-call costs
+            costs.append(time.perf_counter() - t0 - update["train_time_s"])
+    return statistics.median(costs)
+
+
 def loopback_seconds_per_byte(repeat: int = 3) -> float:
     """Raw TCP loopback transfer time per byte (best of `repeat`): a floor for transfer cost."""
     return min(_loopback_once() for _ in range(repeat))
@@ -315,6 +342,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
         root = Path(tmp)
+        builtin_call_s = client_call_overhead(root, arrays)
+        app_call_s = client_call_overhead(root, arrays, CLIENT_APP)
         flat = run_flat(root, flat_rounds)
         flat_over = [r["wall_time_s"] - r["train_time_s"] for r in flat]
         hfl, la0 = run_hfl(root, hfl_rounds)
@@ -342,6 +371,10 @@ def main() -> None:
           f"overhead per local round {steady(app_over):.4f} s (per global round / "
           f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
           f"alone {steady([r['wall_time_s'] - r['train_time_s'] for r in app_la0]):.4f} s")
+    print(f"one client task beyond training, in-process (decode, app call, encode): built-in "
+          f"app {builtin_call_s:.4f} s, Flower ClientApp {app_call_s:.4f} s; {CLIENTS} clients "
+          f"share {os.cpu_count()} cores, so a round's critical path pays up to "
+          f"{CLIENTS / min(CLIENTS, os.cpu_count() or 1):.0f}x the difference")
     print(f"plain Flower legacy start_server ({len(legacy)} rounds): overhead per round "
           f"{legacy_s:.4f} s (per round: {' '.join(f'{x:.3f}' for x in legacy_over)})")
     plain_s = legacy_s
@@ -375,6 +408,8 @@ def main() -> None:
           f"and its checkpoint; Flower's figure leaves its evaluate phase out the same way)")
     print(json.dumps({"hfl_overhead_s_per_local_round": round(hfl_s, 4),
                       "client_app_overhead_s_per_local_round": round(steady(app_over), 4),
+                      "builtin_call_overhead_s": round(builtin_call_s, 4),
+                      "client_app_call_overhead_s": round(app_call_s, 4),
                       "flat_overhead_s_per_round": round(flat_s, 4),
                       "plain_flower_overhead_s_per_round": round(plain_s, 4),
                       "model_params": params}))
