@@ -75,6 +75,9 @@ def _build(role: str, cfg: dict) -> Service:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
+    # What the service writes (state, checkpoints, results, its log) is for its own user only:
+    # folders 0700, files 0600.
+    os.umask(0o077)
     handlers = [RotatingOutput(args.log_file)] if args.log_file else None
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, handlers=handlers)
     try:

@@ -53,11 +53,17 @@ def config_text(config, path_keys=("state_dir", "data_dir", "app_dir")):
 
 
 def _write(path, text):
-    """Write atomically so a reload never reads half a file."""
+    """Write atomically so a reload never reads half a file; readable by the service's user
+    only; no temp file left behind when the write fails."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def running_pid(folder):
@@ -184,7 +190,9 @@ def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, c
     pid = running_pid(folder)
     if check or action == "unchanged":
         return action, pid
-    os.makedirs(folder, mode=0o755, exist_ok=True)
+    # The service's folder (config, pidfile, log, state) is its user's alone.
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
     if action == "reload":
         _write(os.path.join(folder, CONFIG), config_text)
         os.kill(pid, signal.SIGHUP)

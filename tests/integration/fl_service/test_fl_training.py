@@ -1,6 +1,8 @@
 """Flat FL and HFL on digits with real processes: both learn, and the GA's links carry what
 the hierarchy says they should."""
 
+from pathlib import Path
+
 import pytest
 from fl_procs import Pipeline
 
@@ -30,6 +32,12 @@ def test_flat_fl_with_three_clients_reaches_90_percent(pipeline: Pipeline) -> No
     assert status["final_model"].endswith("final_model.pt")
     for i in range(3):
         pipeline.wait_for(f"c{i}", finished, "finished state", timeout=30)
+    # What a service writes is its user's alone: the state folder 0700, every file in it 0600.
+    state = Path(ga.config["state_dir"])
+    assert state.stat().st_mode & 0o777 == 0o700
+    modes = {p.name: p.stat().st_mode & 0o777 for p in state.iterdir() if p.is_file()}
+    assert {"results.jsonl", "checkpoint.pt", "final_model.pt"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
 
 
 def model_bytes() -> int:

@@ -74,6 +74,15 @@ def test_start_is_idempotent_and_digest_change_restarts(service):
     assert svc.running_pid(folder) == pid2 and status(url)["name"] == "svc"
 
 
+def test_the_service_folder_and_its_config_are_its_users_alone(service):
+    folder, ensure, _ = service
+    os.makedirs(folder, mode=0o755)  # left by an older version
+    ensure({}, "d1")
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(folder, svc.CONFIG)).st_mode & 0o777 == 0o600
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
 def test_config_change_with_same_digest_reloads_without_restart(service):
     folder, ensure, url = service
     _, pid = ensure({"parent": "a:1"}, "d1")
