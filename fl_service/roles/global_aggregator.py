@@ -186,7 +186,7 @@ class GlobalAggregator(Service):
         loader = make_loader(test_set, cfg, shuffle=False)
 
         def builtin(server_round: int, arrays: Arrays) -> dict[str, Any]:
-            load_arrays(model, arrays)
+            # `model` already holds `arrays`: _global_round loads them before evaluating.
             loss, accuracy = self.task.test(model, loader, cfg, self.device)
             return {"accuracy": accuracy, "loss": loss}
 
