@@ -42,9 +42,11 @@ def _read(path):
         return None
 
 
-def config_text(config, path_keys=("state_dir", "data_dir", "app_dir")):
+def config_text(config, path_keys=("state_dir", "data_dir", "app_dir", "tls_cert", "tls_key",
+                                   "tls_ca")):
     """The config file's text; JSON is YAML, so no YAML library is needed on the target. A
-    leading ~ in path-valued keys is the target user's home, known only here."""
+    leading ~ in path-valued keys is the target user's home, known only here (fl_service opens
+    them as written)."""
     config = dict(config)
     for key in path_keys:
         if isinstance(config.get(key), str):

@@ -20,6 +20,9 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import 
 
 # Where a service finds the shipped Flower app on its host (process runtime): ``<dir>/app``.
 APP_SUBDIR = "app"
+# A service's own certificate and key and the pipeline's CA on its host: config key -> file
+# under ``<dir>/tls`` (role fl_placement copies them there from the controller's fl_pki folder).
+TLS_FILES = {"tls_cert": "service.crt", "tls_key": "service.key", "tls_ca": "ca.crt"}
 
 
 def config_digest(config, app_digest=""):
@@ -36,6 +39,15 @@ def config_digest(config, app_digest=""):
 def service_dir(topology, service):
     """The service's folder on its host: config, pidfile, log and ``state/``."""
     return f"{service.host_state_dir.rstrip('/')}/{topology.pipeline.name}/{service.name}"
+
+
+def tls_paths(topology, service):
+    """The service's credential paths on its host (config key -> path), or {} when the pipeline
+    is ``hfl_insecure`` (plain HTTP)."""
+    if topology.pipeline.insecure:
+        return {}
+    folder = f"{service_dir(topology, service)}/tls"
+    return {key: f"{folder}/{name}" for key, name in TLS_FILES.items()}
 
 
 def default_assignment(topology):
@@ -144,6 +156,8 @@ def _config(topology, service, parent, app=None):
     if service.role in (GA, LA):
         cfg["min_participants"] = p.min_participants
         cfg["round_timeout_s"] = p.round_timeout_s
+        if p.example_cap_ratio is not None:
+            cfg["example_cap_ratio"] = p.example_cap_ratio
     if service.role == GA:
         cfg["global_rounds"] = p.global_rounds
     elif service.role == LA:
@@ -161,6 +175,7 @@ def _config(topology, service, parent, app=None):
             cfg["dirichlet_alpha"] = p.dirichlet_alpha
         elif p.partitioner == "label_skew":
             cfg["classes_per_client"] = p.classes_per_client
+    cfg.update(tls_paths(topology, service))
     cfg.update(_app_config(topology, service, app))
     return cfg
 
@@ -206,6 +221,9 @@ def make_plan(topology, assignment=None, app=None):
     out = {
         "pipeline": topology.pipeline.name,
         "runtime": topology.pipeline.runtime,
+        # Mutual TLS on every link unless hfl_insecure; the playbooks provision and ship the
+        # credentials only then.
+        "tls": not topology.pipeline.insecure,
         "assignment": dict(sorted(chosen.items())),
         "services": services,
     }

@@ -93,6 +93,10 @@ class Pipeline:
     evaluate_every: int = 0
     model: str = ""  # module:callable
     evaluate_fn: str = ""  # module:function
+    # Plain HTTP between the tiers, no certificates: a lab-only opt-out of mutual TLS.
+    insecure: bool = False
+    # fl_service's example_cap_ratio of the aggregators; None: fl_service's default.
+    example_cap_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,14 @@ def _pipeline(vars_, host, errors):
             not _is_number(value) or not 0 < value <= 1
         ):
             bad = "must be a number in (0, 1]"
-        elif key == "download" and not isinstance(value, bool):
+        elif key in ("download", "insecure") and not isinstance(value, bool):
             bad = "must be true or false"
+        elif key == "example_cap_ratio" and value is not None:
+            # fl_service refuses a ratio below 1: an honest count would be over the cap.
+            if not _is_number(value) or value < 1:
+                bad = "must be a number >= 1"
+            else:
+                value = float(value)
         elif key in ("task", "data_dir", "state_dir") and not isinstance(value, str):
             bad = "must be a string"
         elif key in _APP_CHECKS:

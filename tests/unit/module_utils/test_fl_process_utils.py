@@ -141,3 +141,13 @@ def test_absent_stops_and_removes_everything(service):
     assert svc.ensure_absent(folder) == (True, pid)
     assert not os.path.exists(os.path.dirname(folder))  # the emptied pipeline folder too
     assert svc.ensure_absent(folder) == (False, None)
+
+
+def test_paths_in_the_config_start_at_the_target_users_home():
+    config = {"state_dir": "~/s", "tls_cert": "~/tls/service.crt", "tls_key": "~/tls/service.key",
+              "tls_ca": "~/tls/ca.crt", "name": "~x"}
+    written = json.loads(svc.config_text(config))
+    home = os.path.expanduser("~")
+    assert written == {"state_dir": f"{home}/s", "tls_cert": f"{home}/tls/service.crt",
+                       "tls_key": f"{home}/tls/service.key", "tls_ca": f"{home}/tls/ca.crt",
+                       "name": "~x"}

@@ -72,3 +72,27 @@ def test_assignment_override_is_checked():
         "assignment: 'c9' is not a client of pipeline demo",
         "assignment: la2 gets 3 clients, above its hfl_capacity 2",
     ]
+
+
+def test_every_service_gets_its_credentials_in_its_own_folder_by_default():
+    p = plan.make_plan(build())
+    assert p["tls"] is True
+    for s in p["services"]:
+        tls = f"{s['dir']}/tls"
+        assert {k: v for k, v in s["config"].items() if k.startswith("tls_")} == {
+            "tls_cert": f"{tls}/service.crt", "tls_key": f"{tls}/service.key",
+            "tls_ca": f"{tls}/ca.crt"}, s["name"]
+
+
+def test_an_insecure_pipeline_has_no_credentials():
+    p = plan.make_plan(build(ga={"hfl_insecure": True}))
+    assert p["tls"] is False
+    assert not any(k.startswith("tls_") for s in p["services"] for k in s["config"])
+
+
+def test_the_example_cap_ratio_reaches_the_aggregators_only_when_set():
+    assert not any("example_cap_ratio" in s["config"] for s in plan.make_plan(build())["services"])
+    s = by_name(plan.make_plan(build(ga={"hfl_example_cap_ratio": 4})))
+    assert s["ga"]["config"]["example_cap_ratio"] == 4.0
+    assert s["la1"]["config"]["example_cap_ratio"] == 4.0
+    assert "example_cap_ratio" not in s["c1"]["config"]

@@ -57,6 +57,12 @@ def test_link_cost_number_and_map():
         ({"c1": {"hfl_partition_id": 0}, "c2": {"hfl_partition_id": 0}},
          "host c2: hfl_partition_id: 0 is also host c1's"),
         ({"la1": {"hfl_capacity": 1}}, "host la1: hfl_capacity: 1 but 2 clients pin it"),
+        ({"ga": {"hfl_insecure": "yes"}},
+         "host ga: hfl_insecure: must be true or false, got 'yes'"),
+        ({"ga": {"hfl_example_cap_ratio": 0.5}},
+         "host ga: hfl_example_cap_ratio: must be a number >= 1, got 0.5"),
+        ({"ga": {"hfl_example_cap_ratio": "2"}},
+         "host ga: hfl_example_cap_ratio: must be a number >= 1, got '2'"),
     ],
 )
 def test_each_mistake_is_one_line_naming_host_and_variable(overrides, expected):
