@@ -14,7 +14,7 @@ from pathlib import Path
 from ansible.plugins.action import ActionBase
 from ansible_collections.hfl.orchestration.plugins.action.fl_plan import inventory_view
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import report, topology
-from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import fleet_of
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import fleet_of
 
 
 class ActionModule(ActionBase):

@@ -26,11 +26,11 @@ from ansible.utils.display import Display
 from ansible.utils.vars import load_extra_vars
 from ansible.vars.manager import VariableManager
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import fleet_of
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (
     Hooks,
     Orchestrator,
     Settings,
-    fleet_of,
 )
 
 display = Display()

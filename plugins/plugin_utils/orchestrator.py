@@ -17,7 +17,6 @@ Every decision is one event (`emit`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +28,10 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
 )
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
     reconfiguration_check as check,
+)
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import (
+    completed_round,
+    histogram_list,
 )
 
 
@@ -58,44 +61,6 @@ class Hooks:
     emit: Callable[[dict], None]
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-
-
-def fleet_of(topology) -> policies.Fleet:
-    """The configuration models' view of a topology.Topology (what the inventory says)."""
-    ga = topology.ga.name
-    weights: dict[str, dict[str, float]] = {}
-    for la in topology.las:
-        weights[la.name] = {ga: float(topology.link_cost(la.name, ga))}
-    for c in topology.clients:
-        row = {p: float(topology.link_cost(c.name, p)) for p in topology.candidates(c.name)}
-        # Straight to the GA: the overflow when every LA is full, and flat FL.
-        with contextlib.suppress(KeyError):
-            row.setdefault(ga, float(topology.link_cost(c.name, ga)))
-        weights[c.name] = row
-    return policies.Fleet(
-        ga=ga, las=[la.name for la in topology.las], clients=[c.name for c in topology.clients],
-        cost=weights, capacity={la.name: la.capacity for la in topology.las},
-        pins={c.name: c.parent for c in topology.clients if c.parent})
-
-
-def histogram_list(hist: dict | list) -> list[int]:
-    """A /status histogram ({"label": count}) as counts indexed by label."""
-    if isinstance(hist, list):
-        return [int(v) for v in hist]
-    width = 1 + max(int(k) for k in hist)
-    out = [0] * width
-    for k, v in hist.items():
-        out[int(k)] = int(v)
-    return out
-
-
-def completed_round(ga_status: dict | None) -> int:
-    """Global rounds the GA has completed: /status `global_round` is the round in progress,
-    or the last one once the pipeline has finished."""
-    if not ga_status or not ga_status.get("reachable", True):
-        return 0
-    rnd = int(ga_status.get("global_round") or 0)
-    return rnd if ga_status.get("state") == "finished" else max(0, rnd - 1)
 
 
 @dataclass

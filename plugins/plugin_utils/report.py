@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: the controller may have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import cost  # noqa: E402
-from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (  # noqa: E402
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import (  # noqa: E402
     histogram_list,
 )
 

@@ -7,7 +7,7 @@ assignment in force, and reports accuracy from a curve the test chooses.
 import math
 
 import pytest
-from ansible_collections.hfl.orchestration.plugins.plugin_utils import orchestrator, policies
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import policies
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (
     Hooks,
     Orchestrator,
@@ -284,14 +284,3 @@ def test_status_histograms_feed_min_kld():
     assert fleet.histograms["c1"] == [5, 0, 0, 7]
     assert set(policies.assign("min_kld", fleet)) == set(w.inventory)
 
-
-def test_fleet_of_topology_reads_costs_capacity_and_pins():
-    from ansible_collections.hfl.orchestration.plugins.plugin_utils import topology
-    from inventory_fixtures import local_hfl
-
-    topo = topology.build(*local_hfl(la1={"hfl_capacity": 3, "hfl_link_cost": {"ga": 100}},
-                                     c1={"hfl_link_cost": {"la1": 20, "la2": 60}}))
-    f = orchestrator.fleet_of(topo)
-    assert f.cost["c1"] == {"la1": 20, "la2": 60}
-    assert f.cost["la1"] == {"ga": 100} and f.capacity["la1"] == 3
-    assert f.pins["c1"] == "la1" and f.cost["c2"]["ga"] == 1.0
