@@ -97,7 +97,7 @@ class ActionModule(ActionBase):
         self._dir.mkdir(parents=True, exist_ok=True)
         self._events = []
         settings = Settings(
-            model=args["config_model"] or p.config_model, objective=p.objective,
+            config_model=args["config_model"] or p.config_model, objective=p.objective,
             budget=p.budget, target_accuracy=p.target_accuracy, global_rounds=p.global_rounds,
             local_rounds=p.local_rounds, verify=args["verify"], window=args["window"],
             stall_window=args["stall_window"], poll_s=args["poll_s"],

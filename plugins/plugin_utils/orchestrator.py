@@ -37,7 +37,7 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation impo
 
 @dataclass
 class Settings:
-    model: str = "min_comm_cost"
+    config_model: str = "min_comm_cost"
     objective: str = "max_accuracy"
     budget: float | None = None
     target_accuracy: float | None = None
@@ -79,7 +79,7 @@ class Orchestrator:
     deferred_units: float = 0.0  # change costs booked before exchange_mb was known
     stop_reason: str | None = None
     last_round_sent: int | None = None
-    model: str = ""
+    config_model: str = ""
     iteration: int = 0
     _misses: dict[str, int] = field(default_factory=dict)
     _members: set[str] | None = None
@@ -91,7 +91,7 @@ class Orchestrator:
     _weights: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
-        self.model = self.model or self.settings.model
+        self.config_model = self.config_model or self.settings.config_model
         self.history.append(dict(self.assignment))
 
     # --- observe ---------------------------------------------------------------------------
@@ -200,16 +200,17 @@ class Orchestrator:
             return
         ga_failed = any(t == f"failure: {self._fleet.ga}" for t in triggers)
         stalled = any(t.startswith("stall") for t in triggers)
-        model = policies.stall_alternative(self.model) if stalled else self.model
+        config_model = (policies.stall_alternative(self.config_model) if stalled
+                        else self.config_model)
         try:
-            after = policies.assign(model, self.live_fleet())
+            after = policies.assign(config_model, self.live_fleet())
         except policies.PolicyError as e:
             self.event("; ".join(triggers), "none", f"no valid plan: {e}", rnd)
             return
         if stalled and after in self.history:
             # A stall is an experiment: one that was run (kept or reverted) is not run again,
             # which is also what keeps stalls from alternating two plans forever.
-            self.event("; ".join(triggers), "none", f"{model}'s plan was tried before; "
+            self.event("; ".join(triggers), "none", f"{config_model}'s plan was tried before; "
                        "not again", rnd)
             return
         if after == self.assignment and not ga_failed:
@@ -218,12 +219,13 @@ class Orchestrator:
         structural = any(t.split(":")[0] in ("leave", "failure") for t in triggers)
         # A join can be undone (the newcomer is left out again); a leave or failure cannot.
         revertible = not structural and set(self.assignment) <= set(after)
-        self.change(after, "; ".join(triggers), rnd, model=model, revertible=revertible,
+        self.change(after, "; ".join(triggers), rnd, config_model=config_model,
+                    revertible=revertible,
                     speculative=stalled)
 
     # --- act -------------------------------------------------------------------------------
 
-    def change(self, after, trigger, rnd, model, revertible, speculative=False, reason="",
+    def change(self, after, trigger, rnd, config_model, revertible, speculative=False, reason="",
                forecast=None, action="apply") -> bool:
         before = dict(self.assignment)
         if (len(self.history) >= 3 and after == self.history[-2]
@@ -252,7 +254,7 @@ class Orchestrator:
         if after != before:
             self.history.append(dict(after))
         self.assignment = dict(after)
-        self.model = model
+        self.config_model = config_model
         self._misses.clear()  # moved and new services get their start-up grace again
         unit_old = cost.round_cost(before, self._weights, f.ga, self.settings.local_rounds, 1.0)
         unit_new = cost.round_cost(after, self._weights, f.ga, self.settings.local_rounds, 1.0)
@@ -264,7 +266,7 @@ class Orchestrator:
                 cost_after=unit_new * xb,
                 revert_cost=cost.change_cost(after, before, self._weights, xb, f.ga),
                 window=self.settings.window, reason=trigger, speculative=speculative)
-        why = reason or (f"{model}: {self._diff(before, after)}"
+        why = reason or (f"{config_model}: {self._diff(before, after)}"
                          + ("; verify after " f"{self.settings.window} global rounds"
                             if self.pending and self.pending.after == after else ""))
         self.event(trigger, action, why, rnd, before=before, after=after, change_cost=change,
@@ -301,7 +303,7 @@ class Orchestrator:
                        forecast=v.forecast)
             return
         self.excluded |= set(p.after) - set(p.before)
-        self.change(p.before, trigger, rnd, model=self.model, revertible=False,
+        self.change(p.before, trigger, rnd, config_model=self.config_model, revertible=False,
                     reason=f"revert: {v.reason}", forecast=v.forecast, action="revert")
 
     # --- stop ------------------------------------------------------------------------------
@@ -377,9 +379,9 @@ class Orchestrator:
     def preview(self) -> dict:
         """Check mode: the plan the configuration model would apply now; nothing changes."""
         rnd = self.observe()
-        after = policies.assign(self.model, self.live_fleet())
-        self.event("check mode", "preview", f"{self.model}: {self._diff(self.assignment, after)}",
-                   rnd, after=after)
+        after = policies.assign(self.config_model, self.live_fleet())
+        self.event("check mode", "preview",
+                   f"{self.config_model}: {self._diff(self.assignment, after)}", rnd, after=after)
         return {"assignment": after, "changed": after != self.assignment}
 
     def summary(self) -> dict:
@@ -399,7 +401,7 @@ class Orchestrator:
 
     def event(self, trigger, action, reason, rnd, before=None, after=None, **extra) -> None:
         ev = {"iteration": self.iteration, "global_round": rnd, "trigger": trigger,
-              "action": action, "reason": reason, "model": self.model,
+              "action": action, "reason": reason, "config_model": self.config_model,
               "plan_before": before if before is not None else dict(self.assignment),
               "plan_after": after if after is not None else dict(self.assignment),
               "cost": self.costs(), "accuracy": self.accuracy.get(rnd)}

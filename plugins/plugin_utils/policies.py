@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-MODELS = ("min_comm_cost", "min_kld", "flat")
+CONFIG_MODELS = ("min_comm_cost", "min_kld", "flat")
 TIE = 1e-12  # per unit of link cost: breaks min_kld ties towards cheap links, nothing else
 OBJECTIVES = ("max_accuracy", "min_cost")
 
@@ -46,15 +46,16 @@ class Fleet:
         return {c: la for c, la in self.pins.items() if c in self.clients and la in self.las}
 
 
-def assign(model: str, fleet: Fleet) -> dict[str, str]:
-    """Return {client: parent} under configuration model `model`."""
-    if model == "flat" or not fleet.las:
+def assign(config_model: str, fleet: Fleet) -> dict[str, str]:
+    """Return {client: parent} under configuration model `config_model`."""
+    if config_model == "flat" or not fleet.las:
         return {c: fleet.ga for c in sorted(fleet.clients)}
-    if model == "min_comm_cost":
+    if config_model == "min_comm_cost":
         return min_comm_cost(fleet)
-    if model == "min_kld":
+    if config_model == "min_kld":
         return min_kld(fleet)
-    raise PolicyError(f"unknown configuration model {model!r}; expected one of {', '.join(MODELS)}")
+    raise PolicyError(f"unknown configuration model {config_model!r}; expected one of "
+                      f"{', '.join(CONFIG_MODELS)}")
 
 
 def _rooms(fleet: Fleet) -> dict[str, float]:
@@ -269,11 +270,11 @@ def stall(
     return None
 
 
-def stall_alternative(model: str) -> str:
-    """The configuration model to try when learning stalls under `model`.
+def stall_alternative(config_model: str) -> str:
+    """The configuration model to try when learning stalls under `config_model`.
 
     A stall under cost-driven grouping is typically label skew inside the groups, which min_kld
     addresses; a stall under min_kld gets the cheaper grouping back (the check reverts it if that
     loses). Flat has no groups to change.
     """
-    return {"min_comm_cost": "min_kld", "min_kld": "min_comm_cost"}.get(model, model)
+    return {"min_comm_cost": "min_kld", "min_kld": "min_comm_cost"}.get(config_model, config_model)

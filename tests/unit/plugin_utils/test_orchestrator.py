@@ -251,7 +251,7 @@ def test_loop_bounds_end_the_run():
 
 def test_check_mode_previews_without_applying():
     w = World(global_rounds=10)
-    o = start(w, model="min_kld")
+    o = start(w, config_model="min_kld")
     w.inventory.append("c9")
     out = o.preview()
     assert out["changed"] and "c9" in out["assignment"]
@@ -267,7 +267,7 @@ def test_stall_tries_the_other_grouping_once_and_reverts_it_when_no_better():
         o.verify(rnd)
         o.decide(rnd)
     tried = [e for e in w.events if e["trigger"].startswith("stall") and e["action"] == "apply"]
-    assert len(tried) == 1 and tried[0]["model"] == "min_kld"
+    assert len(tried) == 1 and tried[0]["config_model"] == "min_kld"
     revert = [e for e in w.events if e["action"] == "revert"]
     assert len(revert) == 1 and "speculative change not better" in revert[0]["reason"]
     assert o.assignment == policies.assign("min_comm_cost", w.fleet())
@@ -277,7 +277,7 @@ def test_stall_tries_the_other_grouping_once_and_reverts_it_when_no_better():
 
 def test_status_histograms_feed_min_kld():
     w = World(global_rounds=10)
-    o = start(w, model="min_kld")
+    o = start(w, config_model="min_kld")
     o.observe()
     o._statuses["c1"]["histogram"] = {"0": 5, "3": 7}
     fleet = o.live_fleet()
