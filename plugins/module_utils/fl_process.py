@@ -3,9 +3,11 @@
 """Target-side management of one detached background service in its own folder.
 
 The folder holds ``config.yaml`` (written by the caller), ``digest`` (what the running process
-was started with), ``pid`` and ``service.log``. ``ensure_running`` decides between nothing,
-a reload (SIGHUP: the config changed but not its digest) and a restart (the digest changed or
-the process is gone); ``ensure_absent`` stops the process and removes the folder.
+was started with), ``pid``, ``service.log`` and, with mutual TLS, ``tls/`` (the service's key
+and certificate and the pipeline's CA, written before a start). ``ensure_running`` decides
+between nothing, a reload (SIGHUP: the config changed but not its digest) and a restart (the
+digest changed or the process is gone); ``ensure_absent`` stops the process and removes the
+folder.
 Standard library only: it runs on every target host, and importing it must not pull in
 Ansible, whose import-time patches (sys.intern) break torch.compile in a process that also
 trains (a pytest run of the whole suite).
@@ -14,14 +16,16 @@ trains (a pytest run of the whole suite).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 
 CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
 
@@ -125,26 +129,77 @@ def start(folder, argv, env):
     return proc
 
 
-def _status(url):
-    """(answered, /status document or None): whether anything answered 200 at ``url``."""
+def credentials_digest(digest, credentials):
+    """The digest a service runs with: the plan's and, with ``credentials`` (any JSON-able
+    holder of PEM texts), their content, so a new certificate or key restarts the service."""
+    if not credentials:
+        return digest
+    text = json.dumps({"digest": digest, "credentials": credentials}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _write_files(files):
+    """{path: text}: each written atomically, 0600, its folder made 0700 if missing."""
+    for path, text in files.items():
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        _write(path, text)
+
+
+class _HTTPSAs(http.client.HTTPSConnection):
+    """HTTPS to an address whose certificate must name ``server_name`` (a service's name, a SAN
+    of its certificate), whatever address is dialled (a wildcard bind is dialled on loopback)."""
+
+    def __init__(self, host, port, server_name, **kwargs):
+        super().__init__(host, port, **kwargs)
+        self._server_name = server_name
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+def tls_context(ca, cert, key):
+    """A client context that trusts only the pipeline's CA and presents ``cert``."""
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _status(url, tls=None, name=""):
+    """(answered, /status document or None, what answered when it is not an fl_service
+    /status): ``tls`` (an ssl context) reads an https ``url`` whose certificate names ``name``."""
+    parts = urllib.parse.urlsplit(url)
+    if tls is not None:
+        conn = _HTTPSAs(parts.hostname, parts.port, name, context=tls, timeout=2)
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            if r.status != 200:
-                return False, None
-            body = r.read()
-    except (OSError, ValueError):
-        return False, None
+        conn.request("GET", parts.path or "/")
+        response = conn.getresponse()
+        body = response.read()
+    except ssl.SSLError as e:
+        # Something holds the port, but not a service of this pipeline under this name.
+        return True, None, f"a peer that fails a TLS handshake as {name} ({e.reason or e})"
+    except (OSError, http.client.HTTPException):
+        return False, None, None
+    finally:
+        conn.close()
+    if response.status != 200:
+        return False, None, None
     try:
         doc = json.loads(body or b"{}")
     except ValueError:
-        return True, None
-    return True, doc if isinstance(doc, dict) else None
+        doc = None
+    if not isinstance(doc, dict):
+        return True, None, "something that is not an fl_service /status"
+    return True, doc, None
 
 
-def wait_ready(folder, proc, url, timeout, name):
+def wait_ready(folder, proc, url, timeout, name, tls=None):
     """Poll ``url`` until the service answers as itself (its /status names ``name`` and the pid
     started); fail early if the process exits (e.g. a config error, a port already taken), with
-    its log's last line. Anything else answering there is not taken for the service."""
+    its log's last line. Anything else answering there is not taken for the service. ``tls``
+    (an ssl context with the service's own certificate) reads it over mutual TLS."""
     port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
     other = None
@@ -155,13 +210,11 @@ def wait_ready(folder, proc, url, timeout, name):
                 f"exited with status {proc.returncode} before answering on port {port}{held}; "
                 f"its log {os.path.join(folder, LOG)} ends: {log_error_line(folder)}",
                 log_tail(folder))
-        answered, doc = _status(url)
+        answered, doc, seen = _status(url, tls, name)
         if answered:
-            doc = doc or {}
-            if doc.get("name") == name and doc.get("pid") == proc.pid:
+            if doc is not None and doc.get("name") == name and doc.get("pid") == proc.pid:
                 return doc
-            other = (f"name {doc.get('name')!r}, pid {doc.get('pid')!r}" if doc
-                     else "something that is not an fl_service /status")
+            other = seen or f"name {doc.get('name')!r}, pid {doc.get('pid')!r}"
         if time.monotonic() > deadline:
             held = (f"port {port} answers as {other}, not as {name} (pid {proc.pid})" if other
                     else f"nothing answers {url}")
@@ -184,10 +237,12 @@ def plan_present(folder, config_text, digest):
 
 
 def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, check=False, *,
-                   name):
-    """Bring the service in ``folder`` to ``config_text``; returns (action, pid). A start waits
-    until ``ready_url`` answers as the service ``name`` (its config's name), with the pid
-    started."""
+                   name, files=None, tls=None):
+    """Bring the service in ``folder`` to ``config_text``; returns (action, pid). ``files``
+    ({path: text}, e.g. its credentials) are written before a start. A start waits until
+    ``ready_url`` answers as the service ``name`` (its config's name), with the pid started;
+    ``tls`` (paths of the CA, certificate and key, which may be among ``files``) reads it over
+    mutual TLS."""
     action = plan_present(folder, config_text, digest)
     pid = running_pid(folder)
     if check or action == "unchanged":
@@ -202,13 +257,15 @@ def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, c
     if pid is not None:
         stop(folder, pid)
     _write(os.path.join(folder, CONFIG), config_text)
+    _write_files(files or {})
+    context = tls_context(*tls) if tls else None
     # The digest is recorded only once the process answers, so a failed start is retried.
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(folder, DIGEST))
     proc = start(folder, argv, env)
     if ready_url:
         try:
-            wait_ready(folder, proc, ready_url, timeout, name)
+            wait_ready(folder, proc, ready_url, timeout, name, context)
         except ServiceError:
             if proc.poll() is None:
                 stop(folder, proc.pid)

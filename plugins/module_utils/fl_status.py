@@ -26,11 +26,13 @@ TIMEOUTS_GONE = 3
 LOG_LINES = 15
 
 
-def fetch(url, timeout=3.0):
+def fetch(url, timeout=3.0, tls=None):
     """The /status document at ``url`` with ``reachable: true``, or ``reachable: false``, why,
-    and whether it timed out (``timed_out``)."""
+    and whether it timed out (``timed_out``). ``tls`` ({ca_path, client_cert, client_key}, paths
+    on this host) verifies an https service with the pipeline's CA and presents the client
+    certificate, without which a service says no more than that it is alive."""
     try:
-        resp = open_url(url, timeout=timeout)
+        resp = open_url(url, timeout=timeout, **(tls or {}))
         doc = json.loads(resp.read().decode("utf-8"))
         if not isinstance(doc, dict):
             return {"reachable": False, "error": "not a JSON object", "timed_out": False}
@@ -42,13 +44,19 @@ def fetch(url, timeout=3.0):
                 "timed_out": isinstance(reason, socket.timeout) or isinstance(e, socket.timeout)}
 
 
-def fetch_all(services, timeout=3.0):
-    """{name: status} for a list of {name, url}, fetched concurrently."""
+def fetch_all(services, timeout=3.0, tls=None):
+    """{name: status} for a list of {name, url}, fetched concurrently (``tls`` as in fetch)."""
     if not services:
         return {}
     with ThreadPoolExecutor(max_workers=min(32, len(services))) as pool:
-        docs = pool.map(lambda s: fetch(s["url"], timeout), services)
+        docs = pool.map(lambda s: fetch(s["url"], timeout, tls), services)
         return dict(zip([s["name"] for s in services], docs))  # noqa: B905 - same length
+
+
+def tls_options(ca=None, client_cert=None, client_key=None):
+    """open_url's keywords for the pipeline's CA and a client certificate (None: plain)."""
+    given = {"ca_path": ca, "client_cert": client_cert, "client_key": client_key}
+    return {key: value for key, value in given.items() if value} or None
 
 
 class WaitFailed(Exception):

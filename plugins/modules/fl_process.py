@@ -12,7 +12,8 @@ version_added: 0.1.0
 description:
   - Manages one C(python -m fl_service) process on the target host (the C(process) runtime).
   - The service lives in its own folder O(dir) holding C(config.yaml), C(digest), C(pid),
-    C(service.log) and the service's C(state/) folder.
+    C(service.log) and the service's C(state/) folder, and with O(credentials) the files its
+    config's C(tls_cert), C(tls_key) and C(tls_ca) name (the plan puts them in C(tls/)).
   - With O(state=present) the process is started when it is not running, restarted when
     O(digest) differs from the one it runs with, and sent C(SIGHUP) (re-read the config) when only
     the config changed but not its digest, which is how a client moves to another parent without
@@ -73,9 +74,31 @@ options:
         process holding the port, which the service then fails to bind) does not count.
       - A process that exits first fails the task with a one-line reason naming the port and
         its log's last line (the end of the log is in RV(log_tail)).
-      - Services serving TLS are not waited for.
+      - A service whose config has C(tls_cert), C(tls_key) and C(tls_ca) is read over mutual
+        TLS with its own certificate (the one it serves with); its certificate must be signed
+        by C(tls_ca) and name the service (its C(name)).
     type: int
     default: 120
+  credentials:
+    description:
+      - The service's credentials, PEM texts written (mode 0600, in a 0700 folder) to the paths
+        its config's C(tls_cert), C(tls_key) and C(tls_ca) name before the service starts.
+      - Part of its identity as O(digest) is, so a new certificate, key or CA restarts it.
+      - The key is never logged.
+    type: dict
+    suboptions:
+      cert:
+        description: The service's certificate (its config's C(tls_cert)).
+        type: str
+        required: true
+      key:
+        description: The certificate's private key (its config's C(tls_key)).
+        type: str
+        required: true
+      ca:
+        description: The pipeline's CA certificate (its config's C(tls_ca)).
+        type: str
+        required: true
   state:
     description: Whether the service should run.
     type: str
@@ -104,13 +127,17 @@ EXAMPLES = r"""
       state_dir: ~/.local/state/hfl/demo/ga/state
     digest: "{{ service.digest }}"
 
-- name: Place every service of a plan on its host
+- name: Place every service of a plan on its host, with its credentials (role fl_pki's)
   hfl.orchestration.fl_process:
     name: "{{ item.name }}"
     role: "{{ item.role }}"
     dir: "{{ item.dir }}"
     config: "{{ item.config }}"
     digest: "{{ item.digest }}"
+    credentials:
+      cert: "{{ lookup('ansible.builtin.file', hfl_pki.service_certs[item.name]) }}"
+      key: "{{ lookup('ansible.builtin.file', hfl_pki.service_keys[item.name]) }}"
+      ca: "{{ lookup('ansible.builtin.file', hfl_pki.ca_cert) }}"
   loop: "{{ hfl_plan.services | selectattr('host', 'equalto', inventory_hostname) }}"
 
 - name: Stop and remove a service
@@ -163,14 +190,23 @@ from ansible_collections.hfl.orchestration.plugins.module_utils import (  # noqa
 ROLES = ("global_aggregator", "local_aggregator", "client")
 
 
+# The config keys naming the files of O(credentials), by suboption.
+CREDENTIAL_KEYS = {"cert": "tls_cert", "key": "tls_key", "ca": "tls_ca"}
+
+
 def _ready_url(config):
-    if config.get("tls_cert"):
-        return None
+    scheme = "https" if all(config.get(k) for k in CREDENTIAL_KEYS.values()) else "http"
     host = config.get("bind_host") or "127.0.0.1"
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{config['port']}/status"
+    return f"{scheme}://{host}:{config['port']}/status"
+
+
+def _tls_paths(config):
+    """The expanded paths of the service's CA, certificate and key, or None (plain HTTP)."""
+    paths = [config.get(CREDENTIAL_KEYS[k]) for k in ("ca", "cert", "key")]
+    return tuple(os.path.expanduser(p) for p in paths) if all(paths) else None
 
 
 def run_module():
@@ -184,6 +220,11 @@ def run_module():
             python=dict(type="path", default="python3"),
             environment=dict(type="dict", default={}),
             wait_timeout=dict(type="int", default=120),
+            credentials=dict(type="dict", options=dict(
+                cert=dict(type="str", required=True),
+                key=dict(type="str", required=True, no_log=True),
+                ca=dict(type="str", required=True),
+            )),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         required_if=[("state", "present", ("role", "config", "digest"))],
@@ -201,6 +242,13 @@ def run_module():
 
     if "port" not in p["config"]:
         module.fail_json(msg=f"{p['name']}: config has no port", **result)
+    credentials = p["credentials"] or {}
+    missing = [CREDENTIAL_KEYS[o] for o in credentials if not p["config"].get(CREDENTIAL_KEYS[o])]
+    if missing:
+        module.fail_json(msg=f"{p['name']}: credentials given but the config has no "
+                         f"{', '.join(missing)} to write them to", **result)
+    files = {os.path.expanduser(p["config"][CREDENTIAL_KEYS[option]]): text
+             for option, text in credentials.items()}
     config_text = svc.config_text(p["config"])
     config_path = result["config_path"]
     argv = [p["python"], "-m", "fl_service", p["role"], "--config", config_path,
@@ -209,9 +257,11 @@ def run_module():
     env.setdefault("PYTHONUNBUFFERED", "1")
     url = _ready_url(p["config"]) if p["wait_timeout"] > 0 else None
     try:
-        action, pid = svc.ensure_running(folder, config_text, p["digest"], argv, env, url,
-                                         p["wait_timeout"], check=module.check_mode,
-                                         name=p["config"].get("name", p["name"]))
+        action, pid = svc.ensure_running(
+            folder, config_text, svc.credentials_digest(p["digest"], p["credentials"]), argv,
+            env, url, p["wait_timeout"], check=module.check_mode,
+            name=p["config"].get("name", p["name"]), files=files,
+            tls=_tls_paths(p["config"]))
     except svc.ServiceError as e:
         module.fail_json(msg=f"{p['name']}: {e}", log_tail=e.log_tail, **result)
     except OSError as e:

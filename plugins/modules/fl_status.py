@@ -54,7 +54,9 @@ options:
         type: str
         required: true
       url:
-        description: Full URL of its status page, e.g. C(http://127.0.0.1:8080/status).
+        description:
+          - Full URL of its status page, e.g. C(https://127.0.0.1:8080/status) (C(http://) for a
+            pipeline with C(hfl_insecure=true)).
         type: str
         required: true
       parent:
@@ -112,6 +114,23 @@ options:
         once.
     type: dict
     default: {}
+  ca:
+    description:
+      - The pipeline's CA certificate (PEM) on the host the module runs on; an C(https) service
+        must present a certificate it signed, naming the URL's host.
+      - Without it, the system's trust store is used (which does not know a pipeline's CA).
+    type: path
+  client_cert:
+    description:
+      - A certificate of the pipeline (PEM) on the host the module runs on, presented to each
+        service, with O(client_key). Without one a service answers C(/status) with no more than
+        that it is alive, and the identity checks of O(pipeline) and O(pids) fail.
+      - On a service's host, that service's own certificate; on the controller, the
+        controller's (role fl_pki).
+    type: path
+  client_key:
+    description: The private key of O(client_cert) (PEM) on the host the module runs on.
+    type: path
   podman_pipeline:
     description:
       - While waiting, read the pods labelled C(hfl.io/pipeline=<this>) on the host the module
@@ -142,6 +161,14 @@ EXAMPLES = r"""
     pipeline: demo
     podman_pipeline: demo
 
+- name: Read a service of a pipeline with mutual TLS, from the global aggregator's host
+  hfl.orchestration.fl_status:
+    services:
+      - {name: la1, url: "https://10.0.0.2:8080/status"}
+    ca: ~/.local/state/hfl/demo/ga/tls/ca.crt
+    client_cert: ~/.local/state/hfl/demo/ga/tls/service.crt
+    client_key: ~/.local/state/hfl/demo/ga/tls/service.key
+
 - name: Read every service of the plan
   hfl.orchestration.fl_status:
     services: "{{ hfl_status_services }}"
@@ -168,7 +195,8 @@ elapsed_s:
   sample: 4.2
 """
 
-import time  # noqa: E402 - after the docs
+import functools  # noqa: E402 - after the docs
+import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (  # noqa: E402
@@ -176,6 +204,7 @@ from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import
     Watch,
     fetch_all,
     podman_probe,
+    tls_options,
 )
 
 
@@ -198,20 +227,27 @@ def run_module():
             pipeline=dict(type="str"),
             pids=dict(type="dict", default={}),
             podman_pipeline=dict(type="str"),
+            ca=dict(type="path"),
+            client_cert=dict(type="path"),
+            client_key=dict(type="path", no_log=False),
         ),
+        required_together=[("client_cert", "client_key")],
         supports_check_mode=True,
     )
     p = module.params
     began = time.monotonic()
+    fetch = functools.partial(fetch_all, tls=tls_options(p["ca"], p["client_cert"],
+                                                         p["client_key"]))
     if p["wait_for"] == "none":
-        statuses = fetch_all(p["services"], p["timeout"])
+        statuses = fetch(p["services"], p["timeout"])
         module.exit_json(changed=False, statuses=statuses,
                          elapsed_s=round(time.monotonic() - began, 1))
     probe = None
     if p["podman_pipeline"]:
         probe = podman_probe(module.run_command, p["podman_pipeline"])
     pids = {str(name): int(pid) for name, pid in p["pids"].items() if pid is not None}
-    watch = Watch(p["services"], p["timeout"], probe, pipeline=p["pipeline"], pids=pids)
+    watch = Watch(p["services"], p["timeout"], probe, fetch=fetch, pipeline=p["pipeline"],
+                  pids=pids)
     try:
         statuses = watch.wait(p["wait_for"], p["wait_timeout"], p["poll_s"])
     except WaitFailed as e:

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +16,11 @@ def _handler(replies):
         def answer(self):
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             code, doc = replies[self.command]
+            if isinstance(self.connection, ssl.SSLSocket) and doc is not None:
+                # Which client certificate the request came with (None: none).
+                cert = self.connection.getpeercert() or {}
+                subject = dict(item[0] for item in cert.get("subject", ()))
+                doc = {**doc, "peer": subject.get("commonName")}
             body = b"" if doc is None else json.dumps(doc).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -32,12 +38,20 @@ def _handler(replies):
 
 @pytest.fixture
 def serve():
-    """serve({method: (status, JSON document or None)}) -> the port of an HTTP server on
-    127.0.0.1 that answers every path so, stopped after the test."""
+    """serve({method: (status, JSON document or None)}, tls=None) -> the port of an HTTP server
+    on 127.0.0.1 that answers every path so, stopped after the test. ``tls`` (certificate, key,
+    CA paths) serves HTTPS that asks for a client certificate of that CA (optional) and adds
+    its CN to each document as ``peer``."""
     servers = []
 
-    def start(replies):
+    def start(replies, tls=None):
         srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(replies))
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(tls[0], tls[1])
+            context.load_verify_locations(tls[2])
+            context.verify_mode = ssl.CERT_OPTIONAL
+            srv.socket = context.wrap_socket(srv.socket, server_side=True)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
         return srv.server_address[1]

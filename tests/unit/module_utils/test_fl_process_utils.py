@@ -13,9 +13,10 @@ import urllib.request
 
 import pytest
 from ansible_collections.hfl.orchestration.plugins.module_utils import fl_process as svc
+from pki_fixtures import write_pki
 
 STAND_IN = textwrap.dedent("""
-    import http.server, json, os, signal, sys
+    import http.server, json, os, signal, ssl, sys
     cfg = json.load(open(sys.argv[1]))
     if cfg.get("fail"):
         print("config error: fail"); sys.exit(2)
@@ -27,7 +28,14 @@ STAND_IN = textwrap.dedent("""
                                "hups": len(hups)}).encode()
             self.send_response(200); self.end_headers(); self.wfile.write(body)
         def log_message(self, *a): pass
-    http.server.HTTPServer(("127.0.0.1", cfg["port"]), H).serve_forever()
+    srv = http.server.HTTPServer(("127.0.0.1", cfg["port"]), H)
+    if cfg.get("tls_cert"):  # mutual TLS as fl_service's: a client certificate of the CA
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cfg["tls_cert"], cfg["tls_key"])
+        ctx.load_verify_locations(cfg["tls_ca"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.serve_forever()
 """)
 
 
@@ -46,10 +54,12 @@ def service(tmp_path):
     url = f"http://127.0.0.1:{own_port}/status"
     argv = [sys.executable, str(script), os.path.join(folder, svc.CONFIG)]
 
-    def ensure(config, digest, check=False, port=own_port):
+    def ensure(config, digest, check=False, port=own_port, files=None, tls=None):
         text = json.dumps({"name": "svc", "port": port, **config})
+        scheme = "https" if tls else "http"
         return svc.ensure_running(folder, text, digest, argv, {},
-                                  f"http://127.0.0.1:{port}/status", 30, check=check, name="svc")
+                                  f"{scheme}://127.0.0.1:{port}/status", 30, check=check,
+                                  name="svc", files=files, tls=tls)
 
     yield folder, ensure, url
     pid = svc.running_pid(folder)
@@ -151,3 +161,60 @@ def test_paths_in_the_config_start_at_the_target_users_home():
     assert written == {"state_dir": f"{home}/s", "tls_cert": f"{home}/tls/service.crt",
                        "tls_key": f"{home}/tls/service.key", "tls_ca": f"{home}/tls/ca.crt",
                        "name": "~x"}
+
+
+@pytest.fixture
+def credentials(tmp_path):
+    """Two sets of the stand-in's credentials (PEM texts by config key) and where they go."""
+    made = [write_pki(tmp_path / f"pki{i}", {"svc": ("client", "127.0.0.1")}) for i in (0, 1)]
+    tls = tmp_path / "demo" / "svc" / "tls"
+    paths = {"tls_cert": str(tls / "service.crt"), "tls_key": str(tls / "service.key"),
+             "tls_ca": str(tls / "ca.crt")}
+    texts = [{"tls_cert": (pki / "services/svc.crt").read_text(),
+              "tls_key": (pki / "services/svc.key").read_text(),
+              "tls_ca": (pki / "ca.crt").read_text()} for pki in made]
+    return paths, texts
+
+
+def test_a_tls_service_gets_its_credentials_and_is_checked_with_its_own_certificate(
+        service, credentials):
+    folder, ensure, _ = service
+    paths, (first, second) = credentials
+    tls = (paths["tls_ca"], paths["tls_cert"], paths["tls_key"])
+
+    def place(texts):
+        files = {paths[k]: texts[k] for k in paths}
+        return ensure(paths, svc.credentials_digest("d1", texts), files=files, tls=tls)
+
+    action, pid = place(first)
+    assert action == "start"
+    assert os.stat(os.path.dirname(paths["tls_key"])).st_mode & 0o777 == 0o700
+    for key, path in paths.items():
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        with open(path) as f:
+            assert f.read() == first[key]
+    assert place(first) == ("unchanged", pid)
+    action, pid2 = place(second)  # rotated: a new key and certificate restart it
+    assert action == "restart" and pid2 != pid
+    with open(paths["tls_key"]) as f:
+        assert f.read() == second["tls_key"]
+
+
+def test_a_plain_server_on_a_tls_services_port_is_not_taken_for_it(service, serve, credentials):
+    folder, ensure, _ = service
+    paths, (texts, _) = credentials
+    held = serve({"GET": (200, {"name": "svc", "pid": 1})})
+    with pytest.raises(svc.ServiceError) as failed:
+        ensure(paths, "d1", port=held, files={paths[k]: texts[k] for k in paths},
+               tls=(paths["tls_ca"], paths["tls_cert"], paths["tls_key"]))
+    assert str(failed.value).startswith(
+        f"exited with status 1 before answering on port {held}; port {held} answers as a peer "
+        f"that fails a TLS handshake as svc (")
+    assert svc.running_pid(folder) is None
+
+
+def test_the_credentials_digest_follows_the_credentials():
+    assert svc.credentials_digest("d1", None) == "d1"
+    one = svc.credentials_digest("d1", {"tls_key": "a"})
+    assert one != "d1" and one == svc.credentials_digest("d1", {"tls_key": "a"})
+    assert one != svc.credentials_digest("d1", {"tls_key": "b"})

@@ -3,7 +3,11 @@
 import json
 
 import pytest
-from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import fetch_all
+from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (
+    fetch_all,
+    tls_options,
+)
+from pki_fixtures import make_ca, write_pki
 
 
 def test_live_and_dead_services_side_by_side(serve, closed_port):
@@ -18,6 +22,44 @@ def test_live_and_dead_services_side_by_side(serve, closed_port):
 
 def test_no_services_is_no_work():
     assert fetch_all([]) == {}
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return write_pki(tmp_path / "pki", {"ga": ("global_aggregator", "127.0.0.1"),
+                                        "la1": ("local_aggregator", "127.0.0.1")})
+
+
+def test_an_https_service_is_read_with_the_pipeline_ca_and_a_client_certificate(serve, pki):
+    server = serve({"GET": (200, {"name": "la1"})},
+                   tls=(pki / "services/la1.crt", pki / "services/la1.key", pki / "ca.crt"))
+    url = f"https://127.0.0.1:{server}/status"
+    tls = tls_options(str(pki / "ca.crt"), str(pki / "services/ga.crt"),
+                      str(pki / "services/ga.key"))
+    assert fetch_all([{"name": "la1", "url": url}], 5, tls)["la1"] == {
+        "name": "la1", "peer": "ga", "reachable": True}
+    # The CA alone verifies the service but presents no certificate.
+    assert fetch_all([{"name": "la1", "url": url}], 5, tls_options(str(pki / "ca.crt")))[
+        "la1"]["peer"] is None
+
+
+def test_an_https_service_of_another_ca_is_not_read(serve, pki, tmp_path):
+    other = write_pki(tmp_path / "other", {"la1": ("local_aggregator", "127.0.0.1")},
+                      ca=make_ca("hfl-other CA"))
+    server = serve({"GET": (200, {"name": "la1"})},
+                   tls=(other / "services/la1.crt", other / "services/la1.key",
+                        other / "ca.crt"))
+    tls = tls_options(str(pki / "ca.crt"), str(pki / "services/ga.crt"),
+                      str(pki / "services/ga.key"))
+    out = fetch_all([{"name": "la1", "url": f"https://127.0.0.1:{server}/status"}], 5, tls)
+    assert out["la1"]["reachable"] is False
+    assert "CERTIFICATE_VERIFY_FAILED" in out["la1"]["error"], out
+
+
+def test_tls_options_are_only_those_given():
+    assert tls_options() is None
+    assert tls_options("ca.crt", "c.crt", "c.key") == {
+        "ca_path": "ca.crt", "client_cert": "c.crt", "client_key": "c.key"}
 
 
 # ---------------------------------------------------------------- Watch: waits that fail fast
