@@ -58,9 +58,14 @@ KEYS: dict[str, Key] = {
     "round_timeout_s": Key(float, 60.0, (GA, LA), "a round closes at this deadline"),
     "example_cap_ratio": Key(float, 2.0, (GA, LA), "a train update may claim at most this many "
                              "times the examples its child declared at join"),
-    "tls_cert": Key(str, "", ALL, "serve HTTPS with this certificate (PEM)"),
+    "tls_cert": Key(str, "", ALL, "this service's certificate (PEM): serves HTTPS, and is the "
+                    "client certificate it shows its parent; mutual TLS needs tls_cert, tls_key "
+                    "and tls_ca together (none: plain HTTP)"),
     "tls_key": Key(str, "", ALL, "private key of tls_cert (PEM)"),
-    "tls_ca": Key(str, "", (LA, CLIENT), "verify the parent's certificate with this CA (https)"),
+    "tls_ca": Key(str, "", ALL, "the pipeline's CA (PEM): verifies the parent's certificate "
+                  "and the certificates of those who call this service"),
+    "controller_name": Key(str, "hfl-controller", ALL, "CN of the controller's certificate "
+                           "(it may POST /control)"),
     "app_dir": Key(str, "", ALL, "a Flower app folder (pyproject.toml with [tool.flwr.app]); "
                    "put on sys.path, its config is the base of run_config"),
     "client_app": Key(str, "", (CLIENT,), "module:attr of a flwr ClientApp (default: the app "
@@ -154,9 +159,30 @@ def _check(cfg: dict[str, Any], role: str) -> None:
     for key in IMPORT_PATHS:
         if cfg[key]:
             split_import_path(cfg[key], key)
-    if bool(cfg["tls_cert"]) != bool(cfg["tls_key"]):
-        missing = "tls_key" if cfg["tls_cert"] else "tls_cert"
-        raise ConfigError(missing, "tls_cert and tls_key go together")
+    if not cfg["controller_name"]:
+        raise ConfigError("controller_name", "must not be empty")
+    _check_tls(cfg)
+
+
+TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
+
+
+def tls_enabled(cfg: Mapping[str, Any]) -> bool:
+    """Mutual TLS is on: the config names a certificate, its key and the CA (all or none)."""
+    return all(cfg.get(key) for key in TLS_KEYS)
+
+
+def _check_tls(cfg: dict[str, Any]) -> None:
+    given = [key for key in TLS_KEYS if cfg[key]]
+    if given and len(given) < len(TLS_KEYS):
+        missing = next(key for key in TLS_KEYS if not cfg[key])
+        raise ConfigError(missing, "missing: mutual TLS needs tls_cert, tls_key and tls_ca "
+                          f"together (this config sets {' and '.join(given)}; none of the "
+                          "three means plain HTTP)")
+    for key in given:
+        path = Path(cfg[key])
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(key, f"{cfg[key]} is not a readable file")
 
 
 def parse_address(value: str, key: str = "parent") -> tuple[str, int]:

@@ -1,8 +1,15 @@
 """The service's one HTTP port: a threaded HTTP/1.1 server with routes and per-peer byte counts.
 
-Routes are plain functions `(query, body) -> Reply`; a reply that names a `peer` has the bytes of
-its exchange (request line, headers and body in, status line, headers and body out) added to
-that peer's link counters.
+Routes are plain functions `(query, body, peer) -> Reply`; a reply that names a `peer` has the
+bytes of its exchange (request line, headers and body in, status line, headers and body out)
+added to that peer's link counters.
+
+Mutual TLS (docs/security.md): given a `server_context`, the port speaks TLS >= 1.2 only and
+asks every caller for a certificate from the pipeline's CA. The certificate is optional at the
+handshake (probes carry none); a certificate that does not chain to the CA fails the handshake.
+A route is handed the caller's `Peer` (its certificate's CN and OU), or None. Without a
+certificate only ANONYMOUS_ROUTES are served; anything else is answered 401 before its body is
+read. Plain HTTP (no context) hands every route None and checks nothing.
 
 Resource limits (docs/architecture.md, "Resource limits"), so that no peer can exhaust the
 service's memory or threads:
@@ -33,6 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
+from fl_service.config import ConfigError
+
 log = logging.getLogger("fl_service.http")
 
 BODY_LIMIT = 64 * 1024  # bytes of any request body whose route has no limit of its own
@@ -50,6 +59,9 @@ MAX_CONNECTIONS = 1000
 FD_RESERVE = 100
 _LENGTH = re.compile(r"[0-9]{1,19}")
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+# What a caller without a client certificate may ask a TLS port (Kubernetes probes carry none);
+# the route answers it a document that helps no attacker.
+ANONYMOUS_ROUTES = frozenset({("GET", "/status")})
 
 
 class Reply(NamedTuple):
@@ -59,7 +71,53 @@ class Reply(NamedTuple):
     peer: str | None = None
 
 
-Route = Callable[[dict[str, str], bytes], Reply]
+class Peer(NamedTuple):
+    """Who is calling: the subject of the client certificate the TLS handshake verified."""
+
+    name: str  # CN: the service's name ("" when the subject has none or several)
+    role: str  # OU: its role as the inventory spells it, or "controller"
+
+
+Route = Callable[[dict[str, str], bytes, Peer | None], Reply]
+
+
+def peer_identity(certificate: Mapping[str, Any] | None) -> Peer | None:
+    """The Peer of a verified certificate as `SSLSocket.getpeercert()` gives it; None for none."""
+    if not certificate:
+        return None
+    fields: dict[str, list[str]] = {}
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            fields.setdefault(key, []).append(value)
+
+    def one(key: str) -> str:
+        values = fields.get(key, [])
+        return values[0] if len(values) == 1 else ""
+
+    return Peer(one("commonName"), one("organizationalUnitName"))
+
+
+def load_identity(context: ssl.SSLContext, cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """Give `context` our certificate and key and the CA that vouches for peers (TLS >= 1.2);
+    ConfigError naming the config key whose file cannot be used."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls_ca", f"{ca}: no CA certificate: {exc}") from None
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls_cert", f"{cert} with key {key}: {exc}") from None
+    return context
+
+
+def server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """Serve with `cert`; a caller's certificate is optional, and verified against `ca` when
+    one is sent."""
+    context = load_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, ca)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
 
 
 class _Counters(Protocol):
@@ -150,17 +208,32 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return ok
 
+    def _peer(self) -> Peer | None:
+        if not isinstance(self.connection, ssl.SSLSocket):
+            return None
+        return peer_identity(self.connection.getpeercert())
+
+    def _refuse(self, path: str, status: int, reason: str) -> None:
+        """Answer `status` with a one-line JSON error, log it, and close: an unread body must
+        not be taken for the next request."""
+        log.warning("refused %s from %s: %s (HTTP %d)", path, self.client_address[0], reason,
+                    status)
+        self.close_connection = True
+        self._reply(json_reply({"error": reason}, status))
+
     def _serve(self, method: str) -> None:
         url = urlsplit(self.path)
+        peer = self._peer()
+        if self.server.tls and peer is None and (method, url.path) not in ANONYMOUS_ROUTES:
+            self._refuse(url.path, 401, f"{method} {url.path}: a client certificate from the "
+                         "pipeline's CA is required")
+            return
         limit = self.server.body_limit(method, url.path)
         refusal = body_refusal(method, url.path, self.headers.get_all("Content-Length") or [],
                                "Transfer-Encoding" in self.headers, limit)
         if refusal is not None:
             status, reason = refusal
-            log.warning("refused %s from %s: %s (HTTP %d)", url.path, self.client_address[0],
-                        reason, status)
-            self.close_connection = True  # the unread body must not be taken for a request
-            self._reply(json_reply({"error": reason}, status))
+            self._refuse(url.path, status, reason)
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -172,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
             reply = json_reply({"error": f"no route {method} {url.path}"}, 404)
         else:
             try:
-                reply = route(dict(parse_qsl(url.query)), body)
+                reply = route(dict(parse_qsl(url.query)), body, peer)
             except Exception as exc:  # a bad request must not take the service down
                 log.error("%s %s from %s failed: %s: %s", method, url.path,
                           self.client_address[0], type(exc).__name__, exc)
@@ -219,14 +292,15 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         port: int,
         routes: dict[tuple[str, str], Route],
         links: _Counters,
-        tls_cert: str = "",
-        tls_key: str = "",
+        tls: ssl.SSLContext | None = None,
         body_limits: Mapping[tuple[str, str], Callable[[], int]] | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
-        """`body_limits`: (method, path) -> a function giving that route's current body limit in
-        bytes (read per request: an aggregator's grows once it knows its model's size)."""
+        """`tls`: a `server_context` (None: plain HTTP). `body_limits`: (method, path) -> a
+        function giving that route's current body limit in bytes (read per request: an
+        aggregator's grows once it knows its model's size)."""
+        self.tls = tls is not None
         self.routes = routes
         self.links = links
         self.body_limits = dict(body_limits or {})
@@ -237,13 +311,10 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__((host, port), _Handler)
-        if tls_cert:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(tls_cert, tls_key)
+        if tls is not None:
             # Handshake in the request thread, not in accept(): a slow peer must not block others.
-            self.socket = context.wrap_socket(
-                self.socket, server_side=True, do_handshake_on_connect=False
-            )
+            self.socket = tls.wrap_socket(self.socket, server_side=True,
+                                          do_handshake_on_connect=False)
 
     def body_limit(self, method: str, path: str) -> int:
         limit = self.body_limits.get((method, path))

@@ -33,7 +33,8 @@ import numpy as np
 from flwr.proto.recorddict_pb2 import ArrayRecord as ArrayRecordProto
 from numpy.lib import format as npy_format
 
-from fl_service.http_server import CountingReader, Reply
+from fl_service.access import forbidden
+from fl_service.http_server import CountingReader, Peer, Reply, load_identity
 
 POLL_HOLD_S = 15.0  # how long the aggregator holds a task poll before answering 204
 _HEADER_LEN = struct.Struct(">I")
@@ -401,8 +402,12 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return msg
 
 
-def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Reply]]:
-    def join(query: dict[str, str], body: bytes) -> Reply:
+def aggregator_routes(
+    agg: Aggregator, admit: Callable[[Peer | None, str], str | None]
+) -> dict[tuple[str, str], Callable[..., Reply]]:
+    """The four calls. `admit(peer, name)`: why the caller may not speak as child `name`
+    (answered 403), or None (access.Access.child)."""
+    def join(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
         try:
             msg = _json_object(body)
             declared = parse_declared(msg.get("num_examples"))
@@ -411,13 +416,19 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
         child = str(msg.get("name", ""))
         if not child:
             return _json_reply(400, {"error": "name missing"}, None)
+        refusal = admit(peer, child)
+        if refusal is not None:
+            return forbidden("POST /fl/join", peer, refusal)
         agg.join(child, str(msg.get("role", "")), declared)
         return _json_reply(200, {"name": agg.name}, child)
 
-    def task(query: dict[str, str], body: bytes) -> Reply:
+    def task(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
         child = query.get("name", "")
         if not child:
             return _json_reply(400, {"error": "name missing"}, None)
+        refusal = admit(peer, child)
+        if refusal is not None:
+            return forbidden("GET /fl/task", peer, refusal)
         result = agg.next_task(child, query.get("after", ""), POLL_HOLD_S)
         if result is None:
             return Reply(204, b"", JSON_TYPE, child)
@@ -425,7 +436,7 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
             return _json_reply(200, {"finished": True}, child)
         return Reply(200, result, FRAME_TYPE, child)
 
-    def update(query: dict[str, str], body: bytes) -> Reply:
+    def update(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
         try:
             header, arrays = decode_frame(body)
         except ValueError as exc:
@@ -433,13 +444,19 @@ def aggregator_routes(agg: Aggregator) -> dict[tuple[str, str], Callable[..., Re
         child = str(header.get("name", ""))
         if not child:
             return _json_reply(400, {"accepted": False, "reason": "name missing"}, None)
+        refusal = admit(peer, child)
+        if refusal is not None:
+            return forbidden("POST /fl/update", peer, refusal)
         return agg.submit(child, parse_update(header, arrays))
 
-    def leave(query: dict[str, str], body: bytes) -> Reply:
+    def leave(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
         try:
             child = str(_json_object(body).get("name", ""))
         except ValueError as exc:
             return _json_reply(400, {"error": str(exc)}, None)
+        refusal = admit(peer, child)
+        if refusal is not None:
+            return forbidden("POST /fl/leave", peer, refusal)
         agg.leave(child)
         return _json_reply(200, {}, child or None)
 
@@ -480,18 +497,26 @@ class ParentUnavailable(Exception):
     """The parent could not be reached or answered with an error."""
 
 
+def client_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """A child's side of mutual TLS: shows its parent `cert` and trusts only a parent whose
+    certificate `ca` signed for the name or address it dials (no system CAs)."""
+    return load_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key, ca)
+
+
 class ParentLink:
     """One child's persistent connection to its parent aggregator."""
 
     def __init__(
-        self, address: tuple[str, int], name: str, role: str, links: LinkCounters, tls_ca: str = ""
+        self, address: tuple[str, int], name: str, role: str, links: LinkCounters,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: a `client_context` (None: plain HTTP)."""
         self.address = address
         self.name = name
         self.role = role
         self.links = links
         self.peer = f"{address[0]}:{address[1]}"  # until the parent tells us its name
-        self._tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
+        self._tls = tls
         self._conn: _Connection | _TLSConnection | None = None
         self._lock = threading.Lock()  # guards _conn against abort() from another thread
 

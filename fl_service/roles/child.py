@@ -23,9 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from fl_service.config import load_config, parse_address
+from fl_service.config import load_config, parse_address, tls_enabled
 from fl_service.metrics import ServiceState
-from fl_service.transport import FINISHED, LinkCounters, ParentLink, ParentUnavailable
+from fl_service.transport import (
+    FINISHED,
+    LinkCounters,
+    ParentLink,
+    ParentUnavailable,
+    client_context,
+)
 
 log = logging.getLogger("fl_service.child")
 BACKOFF_MAX_S = 5.0
@@ -41,6 +47,9 @@ class ParentSide:
         self.cfg = cfg
         self.state = state
         self.links = links
+        # Our certificate, shown to every parent we join (ConfigError if its files are bad).
+        self._tls = (client_context(cfg["tls_cert"], cfg["tls_key"], cfg["tls_ca"])
+                     if tls_enabled(cfg) else None)
         self.declared = declared or (lambda: int(state.num_examples))
         self._declared_on: int | None = None  # what the current link's parent was told
         self._lock = threading.Lock()
@@ -53,8 +62,7 @@ class ParentSide:
 
     def _new_link(self, parent: str) -> ParentLink:
         role = self.cfg["role"]
-        return ParentLink(parse_address(parent), self.cfg["name"], role, self.links,
-                          self.cfg["tls_ca"])
+        return ParentLink(parse_address(parent), self.cfg["name"], role, self.links, self._tls)
 
     def current(self) -> ParentLink:
         with self._lock:
@@ -140,7 +148,7 @@ class ParentSide:
         self.state.set(parent=parent, parent_name=None, parent_error=None, parent_error_at=None)
         old.abort()
         farewell = ParentLink(old.address, self.cfg["name"], self.cfg["role"], self.links,
-                              self.cfg["tls_ca"])
+                              self._tls)
         farewell.peer = old.peer
         try:
             farewell.leave()

@@ -133,7 +133,7 @@ class GlobalAggregator(Service):
         return {"global_rounds": in_force}
 
     def routes(self) -> dict[tuple[str, str], Route]:
-        return {**super().routes(), **aggregator_routes(self.coordinator)}
+        return {**super().routes(), **aggregator_routes(self.coordinator, self.access.child)}
 
     # ------------------------------------------------------------ rounds
     def _build_model(self) -> nn.Module:

@@ -50,7 +50,7 @@ class LocalAggregator(Service):
         self.parent = ParentSide(cfg, self.state, self.links, self.coordinator.declared_total)
 
     def routes(self) -> dict[tuple[str, str], Route]:
-        return {**super().routes(), **aggregator_routes(self.coordinator)}
+        return {**super().routes(), **aggregator_routes(self.coordinator, self.access.child)}
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.parent.control(message)

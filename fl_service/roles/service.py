@@ -14,14 +14,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_service.access import ALIVE, Access, forbidden
 from fl_service.config import ConfigError
 from fl_service.http_server import (
     BODY_LIMIT,
     IDLE_TIMEOUT_S,
+    Peer,
     Reply,
     Route,
     ServiceHTTPServer,
     json_reply,
+    server_context,
 )
 from fl_service.metrics import ResultsWriter, ServiceState, prometheus_text
 from fl_service.transport import FRAME_TYPE, LinkCounters
@@ -33,6 +36,10 @@ TASK_ROUTE, UPDATE_ROUTE = ("GET", "/fl/task"), ("POST", "/fl/update")
 class Service:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
+        self.access = Access(cfg)
+        # Loaded now, so that a bad certificate stops us before anything is written.
+        self.tls = (server_context(cfg["tls_cert"], cfg["tls_key"], cfg["tls_ca"])
+                    if self.access.enforced else None)
         self.links = LinkCounters()
         self.state = ServiceState(cfg, self.links)
         self.state_dir = Path(cfg["state_dir"]).expanduser()
@@ -43,15 +50,22 @@ class Service:
         self.task_frame_bytes = 0  # the last task frame handed out (an aggregator's model)
 
     def routes(self) -> dict[tuple[str, str], Route]:
+        # /metrics needs no check here: the port answers 401 to a caller without a certificate.
         return {
-            ("GET", "/status"): lambda q, b: json_reply(self.state.status()),
-            ("GET", "/metrics"): lambda q, b: Reply(
+            ("GET", "/status"): self._status_route,
+            ("GET", "/metrics"): lambda q, b, peer: Reply(
                 200, prometheus_text(self.state), "text/plain; version=0.0.4"
             ),
             ("POST", "/control"): self._control_route,
         }
 
-    def _control_route(self, query: dict[str, str], body: bytes) -> Reply:
+    def _status_route(self, query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
+        return json_reply(self.state.status() if self.access.sees_status(peer) else ALIVE)
+
+    def _control_route(self, query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
+        refusal = self.access.control(peer)
+        if refusal is not None:
+            return forbidden("POST /control", peer, refusal)
         try:
             message = json.loads(body or b"{}")
             if not isinstance(message, dict):
@@ -70,8 +84,8 @@ class Service:
         return 2 * self.task_frame_bytes + BODY_LIMIT
 
     def _sizing_tasks(self, route: Route) -> Route:
-        def task(query: dict[str, str], body: bytes) -> Reply:
-            reply = route(query, body)
+        def task(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
+            reply = route(query, body, peer)
             if reply.content_type == FRAME_TYPE:
                 self.task_frame_bytes = len(reply.body)
             return reply
@@ -89,12 +103,17 @@ class Service:
             limits[UPDATE_ROUTE] = self.update_limit
             idle_timeout_s += float(self.cfg.get("round_timeout_s") or 0.0)
         self.server = ServiceHTTPServer(
-            self.cfg["bind_host"], self.cfg["port"], routes, self.links,
-            self.cfg["tls_cert"], self.cfg["tls_key"], limits, idle_timeout_s,
+            self.cfg["bind_host"], self.cfg["port"], routes, self.links, self.tls, limits,
+            idle_timeout_s,
         )
         threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
-        log.info("%s (%s) serving on %s:%s", self.cfg["name"], self.state.role,
-                 self.cfg["bind_host"], self.cfg["port"])
+        where = f"{self.cfg['bind_host']}:{self.cfg['port']}"
+        if self.tls is None:
+            log.warning("TLS IS OFF (no tls_cert, tls_key, tls_ca): plain HTTP on %s, and "
+                        "anyone who can reach it can join, send updates, read /status and "
+                        "/metrics and /control this service (hfl_insecure)", where)
+        log.info("%s (%s) serving %s on %s", self.cfg["name"], self.state.role,
+                 "mutual TLS" if self.tls else "plain HTTP", where)
 
     def run(self) -> None:
         """The role's loop; it never returns (the service stays up until SIGTERM)."""

@@ -126,3 +126,37 @@ def test_load_object_names_the_key_of_a_path_that_does_not_resolve():
         load_object("no_such_pkg.task:Net", "model")
     with pytest.raises(ConfigError, match=r"^strategy: flwr.serverapp.strategy has no attribute"):
         load_object("flwr.serverapp.strategy:NoSuch", "strategy")
+
+
+@pytest.mark.parametrize(("given", "missing"), [
+    (("tls_cert",), "tls_key"),
+    (("tls_cert", "tls_key"), "tls_ca"),
+    (("tls_ca",), "tls_cert"),
+    (("tls_key", "tls_ca"), "tls_cert"),
+])
+def test_mutual_tls_takes_all_three_files_or_none(tmp_path, given, missing):
+    pem = tmp_path / "x.pem"
+    pem.write_text("")
+    path = write(tmp_path, name="g", port=1, **{key: str(pem) for key in given})
+    with pytest.raises(ConfigError) as err:
+        load_config("global_aggregator", path, environ={})
+    assert err.value.key == missing
+    assert str(err.value) == (
+        f"{missing}: missing: mutual TLS needs tls_cert, tls_key and tls_ca together (this "
+        f"config sets {' and '.join(given)}; none of the three means plain HTTP)")
+
+
+def test_tls_files_must_be_readable_and_the_controller_named(tmp_path):
+    pem = tmp_path / "x.pem"
+    pem.write_text("")
+    files = {"tls_cert": str(pem), "tls_key": str(tmp_path / "gone.key"), "tls_ca": str(pem)}
+    with pytest.raises(ConfigError, match=r"^tls_key: .*gone.key is not a readable file$"):
+        load_config("client", write(tmp_path, name="c", port=1, parent="a:1", **files),
+                    environ={})
+    files["tls_key"] = str(pem)
+    cfg = load_config("global_aggregator", write(tmp_path, name="g", port=1, **files),
+                      environ={})
+    assert cfg["tls_ca"] == str(pem) and cfg["controller_name"] == "hfl-controller"
+    with pytest.raises(ConfigError, match="^controller_name: must not be empty"):
+        load_config("global_aggregator", write(tmp_path, name="g", port=1, controller_name=""),
+                    environ={})

@@ -8,21 +8,26 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from test_transport import make_certificate
 
 from fl_service import http_server
-from fl_service.http_server import BODY_LIMIT, HEAD_LIMIT, Reply, ServiceHTTPServer, body_refusal
+from fl_service.http_server import (
+    BODY_LIMIT,
+    HEAD_LIMIT,
+    Reply,
+    ServiceHTTPServer,
+    body_refusal,
+    server_context,
+)
 from fl_service.transport import LinkCounters
 
 
-def echo_length(query: dict[str, str], body: bytes) -> Reply:
+def echo_length(query: dict[str, str], body: bytes, peer) -> Reply:
     return Reply(200, str(len(body)).encode(), "text/plain")
 
 
-def fail(query: dict[str, str], body: bytes) -> Reply:
+def fail(query: dict[str, str], body: bytes, peer) -> Reply:
     raise RuntimeError("the route broke")
 
 
@@ -34,8 +39,8 @@ ROUTES = {("POST", "/small"): echo_length, ("POST", "/big"): echo_length,
 def start() -> Iterator[Callable[..., int]]:
     """start(**ServiceHTTPServer options) -> the port of a server with ROUTES."""
     with contextlib.ExitStack() as stopping:
-        def run(tls: tuple[str, str] = ("", ""), **options) -> int:
-            server = ServiceHTTPServer("127.0.0.1", 0, ROUTES, LinkCounters(), *tls, **options)
+        def run(**options) -> int:
+            server = ServiceHTTPServer("127.0.0.1", 0, ROUTES, LinkCounters(), **options)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             stopping.callback(server.server_close)
             stopping.callback(server.shutdown)
@@ -162,9 +167,10 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout_a_busy_one_is_not(s
         assert get(busy)[0] == "HTTP/1.1 200 OK"
 
 
-def test_a_tls_handshake_that_never_comes_is_cut_off(start, tmp_path: Path, monkeypatch) -> None:
+def test_a_tls_handshake_that_never_comes_is_cut_off(start, ca, monkeypatch) -> None:
     monkeypatch.setattr(http_server, "TLS_HANDSHAKE_TIMEOUT_S", 0.5)
-    port = start(tls=make_certificate(tmp_path))
+    files = ca.issue("ga", "global_aggregator")
+    port = start(tls=server_context(files["tls_cert"], files["tls_key"], files["tls_ca"]))
     with connect(port) as silent:
         assert read_until_closed(silent) == b""
 

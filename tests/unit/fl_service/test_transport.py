@@ -1,8 +1,6 @@
 """The wire protocol end to end over a real HTTP server on loopback: frames, tasks and the kinds
 of update, the four calls, byte counts at both ends, aborting a poll, TLS."""
 
-import datetime
-import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
@@ -10,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from throwaway_pki import ThrowawayCA
 
 from fl_service import transport
-from fl_service.http_server import ServiceHTTPServer
+from fl_service.access import Access
+from fl_service.http_server import ServiceHTTPServer, server_context
 from fl_service.metrics import ServiceState
 from fl_service.roles.rounds import RoundCoordinator
 from fl_service.strategy import build_driver
@@ -25,6 +25,7 @@ from fl_service.transport import (
     ParentUnavailable,
     abstain_update,
     aggregator_routes,
+    client_context,
     decode_frame,
     encode_frame,
     error_update,
@@ -112,16 +113,18 @@ def test_malformed_frames_raise_value_error(frame: bytes) -> None:
 
 
 class Aggregator:
-    """A real RoundCoordinator behind a real HTTP server on a free port."""
+    """A real RoundCoordinator behind a real HTTP server on a free port; an LA named agg. With
+    `tls` (its TLS config keys) it serves mutual TLS and checks its children's certificates."""
 
-    def __init__(self, tls: tuple[str, str] = ("", "")) -> None:
+    def __init__(self, tls: dict[str, str] | None = None) -> None:
         self.links = LinkCounters()
         cfg = {"name": "agg", "role": "local_aggregator", "pipeline": "p", "parent": "x:1",
-               "global_rounds": 1}
+               "global_rounds": 1, "controller_name": "hfl-controller", **(tls or {})}
         self.state = ServiceState(cfg, self.links)
         self.coordinator = RoundCoordinator("agg", self.state)
-        self.server = ServiceHTTPServer("127.0.0.1", 0, aggregator_routes(self.coordinator),
-                                        self.links, *tls)
+        routes = aggregator_routes(self.coordinator, Access(cfg).child)
+        context = server_context(tls["tls_cert"], tls["tls_key"], tls["tls_ca"]) if tls else None
+        self.server = ServiceHTTPServer("127.0.0.1", 0, routes, self.links, context)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -227,49 +230,24 @@ def test_unreachable_parent_raises_parent_unavailable() -> None:
             child.join()
 
 
-def make_certificate(tmp_path: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hfl-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(cert_path), str(key_path)
+def tls_link(agg: Aggregator, files: dict[str, str], name: str) -> ParentLink:
+    context = client_context(files["tls_cert"], files["tls_key"], files["tls_ca"])
+    return ParentLink(("127.0.0.1", agg.port), name, "client", LinkCounters(), context)
 
 
-def test_tls_parent_is_verified_with_the_configured_ca(tmp_path: Path) -> None:
-    cert, key = make_certificate(tmp_path)
-    agg = Aggregator(tls=(cert, key))
+def test_a_tls_child_shows_its_certificate_and_verifies_its_parents(ca, tmp_path: Path) -> None:
+    agg = Aggregator(tls=ca.issue("agg", "local_aggregator"))
     try:
-        trusting = ParentLink(("127.0.0.1", agg.port), "c1", "client", LinkCounters(), cert)
+        trusting = tls_link(agg, ca.issue("c1", "client"), "c1")
         assert trusting.join() == "agg"
         trusting.close()
         plain = ParentLink(("127.0.0.1", agg.port), "c2", "client", LinkCounters())
         with pytest.raises(ParentUnavailable):
             plain.join()
-        other = tmp_path / "other"
-        other.mkdir()
-        other_ca, _ = make_certificate(other)
-        doubting = ParentLink(("127.0.0.1", agg.port), "c3", "client", LinkCounters(), other_ca)
-        with pytest.raises(ParentUnavailable):
-            doubting.join()
+        stranger = ThrowawayCA(tmp_path / "other").issue("c3", "client")
+        with pytest.raises(ParentUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            tls_link(agg, stranger, "c3").join()  # it does not trust the parent's CA
+        assert agg.coordinator.children() == ["c1"]
     finally:
         agg.close()
 
