@@ -1,18 +1,26 @@
 # Copyright: hfl.orchestration developers; Apache-2.0
-"""The reconfiguration loop: observe -> decide -> act -> verify, as plain Python.
+"""The reconfiguration loop: observe -> stop? -> verify -> decide, as plain Python.
 
-Everything that touches the world is an injected callable (`Hooks`), so the loop is unit-tested
-with fakes and the action plugin only wires Ansible in. One iteration:
+Every step returns a decision, a plain value (the frozen dataclasses below); `Orchestrator.run`
+alone talks to the world, through injected callables (`Hooks`): it reads the inventory and every
+service's /status, carries each decision out (places an assignment, tells the GA its last round)
+and writes the decision's event. So the steps are unit-tested on the decisions they return, the
+loop with fakes, and the action plugin only wires Ansible in; Flower's Strategy works the same
+way (configure_train returns messages, only its loop talks to the grid). One iteration:
 
-1. observe: re-read the inventory (`read_fleet`), fetch every service's /status (`observe`),
-   book the traffic growth (cost.Ledger), record the GA's accuracy per global round;
-2. stop?   pipeline finished, target accuracy reached, budget spent (the GA is told its last
-           round in advance, so a slow loop cannot overspend), iteration or wall-time bound;
-3. verify: a pending change whose window is over is kept or reverted (reconfiguration_check);
-4. decide: on a trigger (join, leave, failure, recovery, stall) the configuration model computes
-           an assignment for the live fleet; a different one is applied (`apply`), its change
-           cost booked, and a costlier or speculative change is scheduled for verification.
-Every decision is one event (`emit`).
+1. observe: the inventory (`read_fleet`) and every service's /status (`observe`) are taken in:
+            the traffic growth booked (cost.Ledger), the GA's accuracy per global round recorded;
+2. stop?    `Stop` when the pipeline finished; `StopAt` when the target accuracy is reached or
+            the budget is spent, `Bound` when the budget buys fewer rounds than the GA would run
+            (the GA is told its last round in advance, so a slow loop cannot overspend);
+3. verify:  a pending change whose window is over is kept (`Keep`) or reverted (a `Reassign`)
+            (reconfiguration_check);
+4. decide:  on a trigger (join, leave, failure, recovery, stall) the configuration model computes
+            an assignment for the live fleet: a different one is a `Reassign`, else `NoChange`.
+A `Reassign` that would bring back the plan of two changes ago for the second time is a `Stop`
+(oscillation) instead. Once a `Reassign` is placed (`apply`) its change cost is booked and a
+costlier or speculative change is scheduled for verification. Every decision is one event
+(`emit`); the loop also ends at its iteration or wall-time bound.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
     cost,
@@ -33,6 +42,79 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation impo
     completed_round,
     histogram_list,
 )
+
+
+@dataclass(frozen=True)
+class NoChange:
+    """Triggers were seen and the plan stays; `reason` says why."""
+
+    trigger: str
+    reason: str
+    action: ClassVar[str] = "none"
+
+
+@dataclass(frozen=True)
+class Keep:
+    """The check keeps the change it verified."""
+
+    trigger: str
+    reason: str
+    forecast: dict
+    action: ClassVar[str] = "keep"
+
+
+@dataclass(frozen=True)
+class Reassign:
+    """Place `assignment` with the hosts `left_out` limited away: a change (action "apply") or
+    the check's revert of one (action "revert")."""
+
+    assignment: dict[str, str]
+    left_out: list[str]
+    trigger: str
+    config_model: str  # the one that made `assignment`: a stall's experiment uses the other
+    revertible: bool  # a join can be undone, so it may be checked; a leave or failure cannot
+    speculative: bool = False  # a stall's experiment: the check reverts it unless it is better
+    excluded: frozenset[str] = frozenset()  # clients left out from now on (a revert's newcomers)
+    reason: str = ""  # a revert's verdict; a change's event says what moved instead
+    forecast: dict | None = None
+    action: str = "apply"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The loop ends now; `plan_after` is the plan it did not place, if any."""
+
+    trigger: str
+    reason: str
+    plan_after: dict[str, str] | None = None
+    action: ClassVar[str] = "stop"
+
+
+@dataclass(frozen=True)
+class LastRound:
+    """The GA is told to run no global round after `last_round`."""
+
+    last_round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopAt(LastRound):
+    """The target is reached or the budget spent: the loop watches the GA finish."""
+
+    trigger: ClassVar[str] = "stop condition"
+    action: ClassVar[str] = "stop"
+
+
+@dataclass(frozen=True)
+class Bound(LastRound):
+    """The budget buys rounds up to `last_round`; the loop goes on."""
+
+    trigger: ClassVar[str] = "budget"
+    action: ClassVar[str] = "bound"
+
+
+Decision = NoChange | Keep | Reassign | Stop | StopAt | Bound
 
 
 @dataclass
@@ -96,11 +178,15 @@ class Orchestrator:
 
     # --- observe ---------------------------------------------------------------------------
 
-    def observe(self) -> int:
-        fleet = self.hooks.read_fleet()
-        names = sorted({fleet.ga, *fleet.las, *fleet.clients, *self.assignment,
-                        *self.assignment.values()})
-        self._statuses = self.hooks.observe(names)
+    def to_observe(self, fleet: policies.Fleet) -> list[str]:
+        """The services whose /status to fetch: the inventory's, and the running plan's (a host
+        that left the inventory may still be placed)."""
+        return sorted({fleet.ga, *fleet.las, *fleet.clients, *self.assignment,
+                       *self.assignment.values()})
+
+    def observe(self, fleet: policies.Fleet, statuses: dict[str, dict]) -> int:
+        """Take in the inventory now and the services' /status; the GA's completed rounds."""
+        self._statuses = statuses
         self._fleet = fleet
         # Weights of hosts that left the inventory are still needed to price the old plan.
         self._weights = {**self._weights, **fleet.cost}
@@ -147,6 +233,76 @@ class Orchestrator:
         out["remaining"] = None if s.budget is None else s.budget - self.ledger.total
         return out
 
+    # --- stop? -----------------------------------------------------------------------------
+
+    def stop_condition(self, rnd: int) -> Stop | StopAt | Bound | None:
+        """How the run ends: the GA finished, the target is reached or the budget spent; or
+        how far the budget lets the GA go. None: on as before."""
+        s = self.settings
+        ga = self._statuses.get(self._fleet.ga) or {}
+        if ga.get("state") == "finished":
+            reason = self.stop_reason
+            if reason is None:
+                bounded = self.last_round_sent is not None and rnd >= self.last_round_sent
+                reason = (f"budget: spent {self.ledger.total:.4g} of {s.budget:.4g}; "
+                          f"the GA was told to stop after global round {rnd}"
+                          if bounded else "pipeline finished")
+            return Stop("stop condition", reason)
+        if self._stopping:
+            return None  # the GA was told to stop: wait for it to finish its last round
+        acc = self.accuracy.get(rnd)
+        if s.target_accuracy is not None and acc is not None and acc >= s.target_accuracy:
+            return StopAt(rnd, f"target accuracy {s.target_accuracy} reached "
+                          f"({acc:.4f} at global round {rnd})")
+        per_round = self.per_round(self.assignment)
+        if s.budget is not None and per_round:
+            remaining = s.budget - self.ledger.total
+            last = rnd + max(0, math.floor(remaining / per_round))
+            if last <= rnd:
+                return StopAt(rnd, f"budget spent: {self.ledger.total:.4g} of "
+                              f"{s.budget:.4g}, a round costs {per_round:.4g}")
+            lower = self.last_round_sent is None or last < self.last_round_sent
+            if (s.global_rounds is None or last < s.global_rounds) and lower:
+                # Told ahead, the GA stops on time even if this loop lags behind its rounds.
+                # Only ever lowered: a GA that must be re-placed to learn it restarts once.
+                return Bound(last, f"the GA stops after global round {last}: {remaining:.4g} "
+                             f"left buys {last - rnd} round(s) of {per_round:.4g}")
+        return None
+
+    # --- verify ----------------------------------------------------------------------------
+
+    def verify(self, rnd: int) -> Keep | Reassign | Stop | None:
+        """The check of the pending change once it is due: keep it, or go back (a Reassign
+        with action "revert"). None while there is nothing to judge."""
+        p = self.pending
+        if p is None:
+            return None
+        if self.exchange_mb is not None:  # price the options in measured units now
+            f = self._fleet
+            lr = self.settings.local_rounds
+            p.cost_before = cost.round_cost(p.before, self._weights, f.ga, lr, self.exchange_mb)
+            p.cost_after = cost.round_cost(p.after, self._weights, f.ga, lr, self.exchange_mb)
+            p.revert_cost = cost.change_cost(p.after, p.before, self._weights, self.exchange_mb,
+                                             f.ga)
+        remaining = self.costs()["remaining"]
+        if not check.due(p, rnd, remaining):
+            return None
+        s = self.settings
+        v = check.evaluate(p, self.accuracy, rnd, remaining, s.objective, s.target_accuracy,
+                           s.global_rounds)
+        if v.action == "wait":
+            return None
+        self.pending = None  # checked: whatever the verdict, this change is not checked again
+        trigger = f"check of change at global round {p.change_round} ({p.reason})"
+        if v.action == "keep":
+            return Keep(trigger, v.reason, v.forecast)
+        if p.after != self.assignment:
+            return Keep(trigger, "the plan changed again since; nothing to revert", v.forecast)
+        return self._reassign(p.before, trigger, self.config_model, revertible=False,
+                              excluded=frozenset(set(p.after) - set(p.before)),
+                              reason=f"revert: {v.reason}", forecast=v.forecast,
+                              action="revert")
+
     # --- decide ----------------------------------------------------------------------------
 
     def live_fleet(self) -> policies.Fleet:
@@ -158,9 +314,11 @@ class Orchestrator:
             clients=[c for c in f.clients if c not in self.excluded and c not in self.failed],
             cost=f.cost, capacity=f.capacity, histograms=hist, pins=f.pins)
 
-    def left_out(self) -> list[str]:
+    def left_out(self, excluded: frozenset[str] = frozenset()) -> list[str]:
+        """Hosts of the inventory that placement must leave alone (failed, or left out by a
+        revert, `excluded` included)."""
         f = self._fleet
-        return sorted((self.excluded | self.failed) & {*f.las, *f.clients})
+        return sorted((self.excluded | excluded | self.failed) & {*f.las, *f.clients})
 
     def _triggers(self, rnd: int) -> list[str]:
         f = self._fleet
@@ -194,169 +352,99 @@ class Orchestrator:
                 self._stall_after = rnd + self.settings.stall_window
         return out
 
-    def decide(self, rnd: int) -> None:
+    def decide(self, rnd: int) -> Reassign | NoChange | Stop | None:
+        """What the triggers seen now call for; None when there are none."""
         triggers = self._triggers(rnd)
         if not triggers:
-            return
-        ga_failed = any(t == f"failure: {self._fleet.ga}" for t in triggers)
+            return None
+        trigger = "; ".join(triggers)
+        ga_failed = f"failure: {self._fleet.ga}" in triggers
         stalled = any(t.startswith("stall") for t in triggers)
         config_model = (policies.stall_alternative(self.config_model) if stalled
                         else self.config_model)
         try:
             after = policies.assign(config_model, self.live_fleet())
         except policies.PolicyError as e:
-            self.event("; ".join(triggers), "none", f"no valid plan: {e}", rnd)
-            return
+            return NoChange(trigger, f"no valid plan: {e}")
         if stalled and after in self.history:
             # A stall is an experiment: one that was run (kept or reverted) is not run again,
             # which is also what keeps stalls from alternating two plans forever.
-            self.event("; ".join(triggers), "none", f"{config_model}'s plan was tried before; "
-                       "not again", rnd)
-            return
+            return NoChange(trigger, f"{config_model}'s plan was tried before; not again")
         if after == self.assignment and not ga_failed:
-            self.event("; ".join(triggers), "none", "the configuration model keeps the plan", rnd)
-            return
+            return NoChange(trigger, "the configuration model keeps the plan")
         structural = any(t.split(":")[0] in ("leave", "failure") for t in triggers)
         # A join can be undone (the newcomer is left out again); a leave or failure cannot.
         revertible = not structural and set(self.assignment) <= set(after)
-        self.change(after, "; ".join(triggers), rnd, config_model=config_model,
-                    revertible=revertible,
-                    speculative=stalled)
+        return self._reassign(after, trigger, config_model, revertible=revertible,
+                              speculative=stalled)
 
-    # --- act -------------------------------------------------------------------------------
-
-    def change(self, after, trigger, rnd, config_model, revertible, speculative=False, reason="",
-               forecast=None, action="apply") -> bool:
-        before = dict(self.assignment)
+    def _reassign(self, after, trigger, config_model, excluded=frozenset(), **how
+                  ) -> Reassign | Stop:
+        """Go to `after`; a Stop instead when that would alternate two plans once more."""
         if (len(self.history) >= 3 and after == self.history[-2]
                 and self.history[-1] == self.history[-3]):
-            self.stop_reason = ("oscillation: the same two plans alternate; keeping "
-                                f"{self._short(before)}")
-            self.event(trigger, "stop", self.stop_reason, rnd, after=after)
-            return False
+            return Stop(trigger, "oscillation: the same two plans alternate; keeping "
+                        f"{self._short(self.assignment)}", after)
+        return Reassign(dict(after), self.left_out(excluded), trigger, config_model,
+                        excluded=excluded, **how)
+
+    # --- after a decision was carried out ----------------------------------------------------
+
+    def record(self, d: Decision, rnd: int, applied_at: int | None = None) -> dict:
+        """Book a decision that was carried out (a Reassign placed, its GA at round
+        `applied_at` by then); its event."""
+        if isinstance(d, Reassign):
+            return self._placed(d, rnd, applied_at)
+        if isinstance(d, LastRound):
+            self.last_round_sent = d.last_round
+        if isinstance(d, Stop | StopAt):
+            self.stop_reason = d.reason
+            self._stopping = isinstance(d, StopAt)
+        return self.event(d.trigger, d.action, d.reason, rnd,
+                          after=d.plan_after if isinstance(d, Stop) else None,
+                          forecast=d.forecast if isinstance(d, Keep) else None)
+
+    def _placed(self, d: Reassign, rnd: int, applied_at: int) -> dict:
         f = self._fleet
+        before, after = dict(self.assignment), dict(d.assignment)
         units = cost.change_cost(before, after, self._weights, 1.0, f.ga)
         change = None if self.exchange_mb is None else units * self.exchange_mb
         old_round, new_round = self.per_round(before), self.per_round(after)
-        try:
-            self.hooks.apply(after, self.left_out())
-        except Exception as e:  # noqa: BLE001 - any failure to place ends the loop, reported
-            self.stop_reason = f"placement failed: {e}"
-            self.event(trigger, "stop", self.stop_reason, rnd, after=after)
-            return False
         if change is None:
             self.deferred_units += units
         else:
             self.ledger.book(change)
-        # Placement takes a while and the pipeline trains on meanwhile: the change counts from
-        # the round the GA is at once it is in place, not from the round that triggered it.
-        applied = max(rnd, completed_round(self.hooks.observe([f.ga]).get(f.ga)))
         if after != before:
             self.history.append(dict(after))
-        self.assignment = dict(after)
-        self.config_model = config_model
+        self.assignment = after
+        self.config_model = d.config_model
+        self.excluded |= d.excluded
         self._misses.clear()  # moved and new services get their start-up grace again
         unit_old = cost.round_cost(before, self._weights, f.ga, self.settings.local_rounds, 1.0)
         unit_new = cost.round_cost(after, self._weights, f.ga, self.settings.local_rounds, 1.0)
-        if (self.settings.verify and revertible and applied > 0
-                and check.needs_check(unit_old, unit_new, speculative)):
+        if (self.settings.verify and d.revertible and applied_at > 0
+                and check.needs_check(unit_old, unit_new, d.speculative)):
             xb = self.exchange_mb or 1.0
             self.pending = check.Pending(
-                change_round=applied, before=before, after=dict(after), cost_before=unit_old * xb,
-                cost_after=unit_new * xb,
+                change_round=applied_at, before=before, after=dict(after),
+                cost_before=unit_old * xb, cost_after=unit_new * xb,
                 revert_cost=cost.change_cost(after, before, self._weights, xb, f.ga),
-                window=self.settings.window, reason=trigger, speculative=speculative)
-        why = reason or (f"{config_model}: {self._diff(before, after)}"
-                         + ("; verify after " f"{self.settings.window} global rounds"
-                            if self.pending and self.pending.after == after else ""))
-        self.event(trigger, action, why, rnd, before=before, after=after, change_cost=change,
-                   change_units=units, forecast=forecast, applied_at_round=applied,
-                   per_round_before=old_round, per_round_after=new_round)
-        return True
-
-    def verify(self, rnd: int) -> None:
-        p = self.pending
-        if p is None:
-            return
-        if self.exchange_mb is not None:  # price the options in measured units now
-            f = self._fleet
-            lr = self.settings.local_rounds
-            p.cost_before = cost.round_cost(p.before, self._weights, f.ga, lr, self.exchange_mb)
-            p.cost_after = cost.round_cost(p.after, self._weights, f.ga, lr, self.exchange_mb)
-            p.revert_cost = cost.change_cost(p.after, p.before, self._weights, self.exchange_mb,
-                                             f.ga)
-        remaining = self.costs()["remaining"]
-        if not check.due(p, rnd, remaining):
-            return
-        s = self.settings
-        v = check.evaluate(p, self.accuracy, rnd, remaining, s.objective, s.target_accuracy,
-                           s.global_rounds)
-        if v.action == "wait":
-            return
-        self.pending = None
-        trigger = f"check of change at global round {p.change_round} ({p.reason})"
-        if v.action == "keep":
-            self.event(trigger, "keep", v.reason, rnd, forecast=v.forecast)
-            return
-        if p.after != self.assignment:
-            self.event(trigger, "keep", "the plan changed again since; nothing to revert", rnd,
-                       forecast=v.forecast)
-            return
-        self.excluded |= set(p.after) - set(p.before)
-        self.change(p.before, trigger, rnd, config_model=self.config_model, revertible=False,
-                    reason=f"revert: {v.reason}", forecast=v.forecast, action="revert")
-
-    # --- stop ------------------------------------------------------------------------------
-
-    def should_stop(self, rnd: int) -> bool:
-        s = self.settings
-        ga = self._statuses.get(self._fleet.ga) or {}
-        if ga.get("state") == "finished":
-            if self.stop_reason is None:
-                bounded = self.last_round_sent is not None and rnd >= self.last_round_sent
-                self.stop_reason = (f"budget: spent {self.ledger.total:.4g} of {s.budget:.4g}; "
-                                    f"the GA was told to stop after global round {rnd}"
-                                    if bounded else "pipeline finished")
-            self.event("stop condition", "stop", self.stop_reason, rnd)
-            return True
-        if self._stopping:
-            return False  # told the GA to stop: wait for it to finish its last round
-        acc = self.accuracy.get(rnd)
-        if s.target_accuracy is not None and acc is not None and acc >= s.target_accuracy:
-            return self._stop(rnd, rnd, f"target accuracy {s.target_accuracy} reached "
-                              f"({acc:.4f} at global round {rnd})")
-        per_round = self.per_round(self.assignment)
-        if s.budget is not None and per_round:
-            remaining = s.budget - self.ledger.total
-            last = rnd + max(0, math.floor(remaining / per_round))
-            if last <= rnd:
-                return self._stop(rnd, rnd, f"budget spent: {self.ledger.total:.4g} of "
-                                  f"{s.budget:.4g}, a round costs {per_round:.4g}")
-            lower = self.last_round_sent is None or last < self.last_round_sent
-            if (s.global_rounds is None or last < s.global_rounds) and lower:
-                # Told ahead, the GA stops on time even if this loop lags behind its rounds.
-                # Only ever lowered: a GA that must be re-placed to learn it restarts once.
-                self.hooks.set_last_round(last)
-                self.last_round_sent = last
-                self.event("budget", "bound", f"the GA stops after global round {last}: "
-                           f"{remaining:.4g} left buys {last - rnd} round(s) of "
-                           f"{per_round:.4g}", rnd)
-        return False
-
-    def _stop(self, rnd: int, last: int, reason: str) -> bool:
-        self.hooks.set_last_round(last)
-        self.last_round_sent = last
-        self._stopping = True
-        self.stop_reason = reason
-        self.event("stop condition", "stop", reason, rnd)
-        return False
+                window=self.settings.window, reason=d.trigger, speculative=d.speculative)
+        why = d.reason or (f"{d.config_model}: {self._diff(before, after)}"
+                           + (f"; verify after {self.settings.window} global rounds"
+                              if self.pending and self.pending.after == after else ""))
+        return self.event(d.trigger, d.action, why, rnd, before=before, after=after,
+                          change_cost=change, change_units=units, forecast=d.forecast,
+                          applied_at_round=applied_at, per_round_before=old_round,
+                          per_round_after=new_round)
 
     # --- loop ------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """The loop; the steps decide, and only here are the hooks called."""
         s, h = self.settings, self.hooks
         start = h.clock()
-        while self.stop_reason is None or self._stopping:
+        while True:
             if self.iteration >= s.max_iterations:
                 self.stop_reason = f"iteration bound {s.max_iterations} reached"
                 break
@@ -364,24 +452,43 @@ class Orchestrator:
                 self.stop_reason = f"wall-time bound {s.max_wall_s:g} s reached"
                 break
             self.iteration += 1
-            rnd = self.observe()
-            if self.should_stop(rnd):
-                break
-            if not self._stopping:
-                self.verify(rnd)
-                if self.stop_reason is None:
-                    self.decide(rnd)
-                if self.stop_reason is not None:
+            fleet = h.read_fleet()
+            rnd = self.observe(fleet, h.observe(self.to_observe(fleet)))
+            # Each step decides on what the previous one's decision, carried out, left.
+            for step in (self.stop_condition, self.verify, self.decide):
+                d = step(rnd)
+                applied_at = None
+                if isinstance(d, LastRound):
+                    h.set_last_round(d.last_round)
+                elif isinstance(d, Reassign):
+                    try:
+                        h.apply(d.assignment, d.left_out)
+                    except Exception as e:  # noqa: BLE001 - a failed placement ends the loop
+                        d = Stop(d.trigger, f"placement failed: {e}", d.assignment)
+                    else:
+                        # Placement takes a while and the pipeline trains on meanwhile: the
+                        # change counts from the round the GA is at once it is in place.
+                        ga = completed_round(h.observe([fleet.ga]).get(fleet.ga))
+                        applied_at = max(rnd, ga)
+                if d is not None:
+                    h.emit(self.record(d, rnd, applied_at))
+                if self.stop_reason is not None:  # stopped, or the GA told to stop
                     break
+            if self.stop_reason is not None and not self._stopping:
+                break
             h.sleep(s.poll_s)
         return self.summary()
 
     def preview(self) -> dict:
-        """Check mode: the plan the configuration model would apply now; nothing changes."""
-        rnd = self.observe()
+        """Check mode: the plan the configuration model would apply now; nothing is placed.
+        The check-mode counterpart of run(), and like it a caller of the hooks."""
+        h = self.hooks
+        fleet = h.read_fleet()
+        rnd = self.observe(fleet, h.observe(self.to_observe(fleet)))
         after = policies.assign(self.config_model, self.live_fleet())
-        self.event("check mode", "preview",
-                   f"{self.config_model}: {self._diff(self.assignment, after)}", rnd, after=after)
+        h.emit(self.event("check mode", "preview",
+                          f"{self.config_model}: {self._diff(self.assignment, after)}", rnd,
+                          after=after))
         return {"assignment": after, "changed": after != self.assignment}
 
     def summary(self) -> dict:
@@ -399,14 +506,14 @@ class Orchestrator:
 
     # --- events ----------------------------------------------------------------------------
 
-    def event(self, trigger, action, reason, rnd, before=None, after=None, **extra) -> None:
+    def event(self, trigger, action, reason, rnd, before=None, after=None, **extra) -> dict:
         ev = {"iteration": self.iteration, "global_round": rnd, "trigger": trigger,
               "action": action, "reason": reason, "config_model": self.config_model,
               "plan_before": before if before is not None else dict(self.assignment),
               "plan_after": after if after is not None else dict(self.assignment),
               "cost": self.costs(), "accuracy": self.accuracy.get(rnd)}
         ev.update({k: v for k, v in extra.items() if v is not None})
-        self.hooks.emit(ev)
+        return ev
 
     @staticmethod
     def _diff(before: dict, after: dict) -> str:

@@ -1,7 +1,9 @@
 """The orchestration loop against a simulated pipeline (the injected observe/act callables).
 
 The simulated world advances one global round per observation, counts bytes per link for the
-assignment in force, and reports accuracy from a curve the test chooses.
+assignment in force, and reports accuracy from a curve the test chooses. The steps are tested on
+the decisions they return (`look` takes one observation, as the loop does); run() on what it
+does with them: the hooks it calls (placements, the GA's last round, events).
 """
 
 import math
@@ -9,9 +11,15 @@ import math
 import pytest
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import policies
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (
+    Bound,
     Hooks,
+    Keep,
+    NoChange,
     Orchestrator,
+    Reassign,
     Settings,
+    Stop,
+    StopAt,
 )
 
 MB = 1_000_000
@@ -21,7 +29,7 @@ class World:
     """1 GA, 2 LAs, clients c1..c8; the reference experiment's link costs; 1 MB model."""
 
     def __init__(self, clients=8, global_rounds=40, acc=None, capacity=None, cost=None,
-                 skewed=False):
+                 skewed=False, script=None):
         self.capacity = capacity or {}
         self.skewed = skewed  # odd clients (near la1) hold classes 0-1, even ones 2-3
         self.cost = cost or {}
@@ -36,6 +44,8 @@ class World:
         self.events = []
         self.acc = acc or (lambda r, a: min(0.95, 0.2 + 0.2 * math.log(r + 1)))
         self.now = 0.0
+        self.script = dict(script or {})  # {n: edit(world)} done before the n-th inventory read
+        self.reads = 0
 
     def fleet(self):
         cost = {"la1": {"ga": 100}, "la2": {"ga": 100}}
@@ -45,6 +55,11 @@ class World:
             cost[c] = self.cost.get(c, {near: 20, far: 60, "ga": 120})
         return policies.Fleet(ga="ga", las=["la1", "la2"], clients=list(self.inventory),
                               cost=cost, capacity=dict(self.capacity))
+
+    def read_fleet(self):
+        self.reads += 1
+        self.script.pop(self.reads, lambda w: None)(self)
+        return self.fleet()
 
     def _train_one_round(self):
         las = set()
@@ -93,7 +108,7 @@ class World:
         self.now += s
 
     def hooks(self):
-        return Hooks(read_fleet=self.fleet, observe=self.observe, apply=self.apply,
+        return Hooks(read_fleet=self.read_fleet, observe=self.observe, apply=self.apply,
                      set_last_round=self.set_last_round, emit=self.events.append,
                      sleep=self.sleep, clock=self.clock)
 
@@ -105,18 +120,169 @@ def start(world, **settings):
     return Orchestrator(settings=s, hooks=world.hooks(), assignment=initial)
 
 
-def join_c9_and_run_past_the_check(o, w):
-    """Five iterations on the starting plan, c9 joins, then eight with the check on: enough
-    for a window of 4 to close."""
-    for _ in range(5):
-        o.iteration += 1
-        o.decide(o.observe())
+def look(o, w):
+    """One observation, as the loop takes it; the GA's completed global rounds."""
+    fleet = w.read_fleet()
+    return o.observe(fleet, w.observe(o.to_observe(fleet)))
+
+
+def join_c9(w):
     w.inventory.append("c9")
+
+
+def kill_la2(w):
+    w.dead.add("la2")
+
+
+def revive_la2(w):
+    w.dead.discard("la2")
+
+
+def hurting_c9():
+    """c9 joins after five looks and flattens learning (label skew). It sits next to la1, which
+    is full: taking it pushes c7 to la2, and a revert moves c7 back."""
+
+    def acc(r, a):
+        base = 0.1 + 0.15 * math.log(r + 1)
+        return base if "c9" not in a else 0.1 + 0.15 * math.log(6) + 0.001 * (r - 5)
+
+    return World(global_rounds=40, acc=acc, capacity={"la1": 4, "la2": 5},
+                 cost={"c9": {"la1": 10, "la2": 60}}, script={6: join_c9})
+
+
+def helping_c9():
+    """c9 joins after five looks and learning speeds up."""
+
+    def acc(r, a):
+        return 0.1 + (0.3 if "c9" in a else 0.1) * math.log(r + 1)
+
+    return World(global_rounds=40, acc=acc, script={6: join_c9})
+
+
+def verdict_on_the_join(w, **settings):
+    """Run the loop until c9 is placed (checked after 4 rounds), then look until the check
+    decides."""
+    o = start(w, window=4, max_iterations=6, **settings)
+    o.run()
+    assert "c9" in o.assignment and o.pending is not None
     for _ in range(8):
-        o.iteration += 1
-        rnd = o.observe()
-        o.verify(rnd)
-        o.decide(rnd)
+        d = o.verify(look(o, w))
+        if d is not None:
+            return d
+    raise AssertionError("the check never decided")
+
+
+# --- the steps' decisions ------------------------------------------------------------------
+
+
+def test_a_good_plan_is_kept_on_attach_and_a_quiet_look_decides_nothing():
+    w = World(global_rounds=10)
+    o = start(w)
+    assert o.decide(look(o, w)) == NoChange("attach", "the configuration model keeps the plan")
+    assert o.decide(look(o, w)) is None
+
+
+def test_a_client_added_to_the_inventory_is_reassigned_at_the_next_look():
+    w = World(global_rounds=12)
+    o = start(w)
+    o.decide(look(o, w))
+    w.inventory.append("c9")
+    d = o.decide(look(o, w))
+    assert isinstance(d, Reassign) and d.action == "apply" and d.trigger == "join: c9"
+    assert d.assignment == {**o.assignment, "c9": "la1"} and d.left_out == []
+    assert d.revertible and d.config_model == "min_comm_cost"
+    assert w.applied == []  # a step only decides; run() places
+
+
+def test_a_client_removed_from_the_inventory_is_reassigned_unrevertibly():
+    w = World(global_rounds=20)
+    o = start(w)
+    o.decide(look(o, w))
+    w.inventory.remove("c8")
+    d = o.decide(look(o, w))
+    assert isinstance(d, Reassign) and d.trigger == "leave: c8"
+    assert "c8" not in d.assignment and len(d.assignment) == 7
+    assert not d.revertible  # a leave cannot be undone, so it is not checked
+
+
+def test_a_dead_la_has_its_clients_reassigned_to_the_other_la_and_is_left_out():
+    w = World(global_rounds=20)
+    o = start(w)
+    o.decide(look(o, w))
+    w.dead.add("la2")
+    assert o.decide(look(o, w)) is None  # one miss is not a failure
+    d = o.decide(look(o, w))
+    assert isinstance(d, Reassign) and d.trigger == "failure: la2"
+    assert set(d.assignment.values()) == {"la1"} and d.left_out == ["la2"]
+    assert not d.revertible
+
+
+def test_a_finished_pipeline_is_a_stop():
+    w = World(global_rounds=3)
+    o = start(w)
+    decisions = [o.stop_condition(look(o, w)) for _ in range(3)]
+    assert decisions == [None, None, Stop("stop condition", "pipeline finished")]
+
+
+def test_the_target_accuracy_tells_the_ga_to_stop_after_the_round_that_reached_it():
+    w = World(global_rounds=100)  # accuracy 0.2 + 0.2 ln(r + 1): 0.6 first at round 7
+    o = start(w, target_accuracy=0.6)
+    decisions = [o.stop_condition(look(o, w)) for _ in range(7)]
+    assert decisions[:6] == [None] * 6
+    assert isinstance(decisions[6], StopAt) and decisions[6].last_round == 7
+    assert decisions[6].reason.startswith("target accuracy 0.6 reached")
+
+
+def test_a_budget_bounds_the_ga_once_a_round_is_priced_and_stops_it_when_spent():
+    w = World(global_rounds=100)
+    per_round = 2 * (4 * 20 + 4 * 20 + 2 * 100)  # MB x weight, min_comm_cost plan
+    o = start(w, budget=10.5 * per_round)
+    first = [o.stop_condition(look(o, w)) for _ in range(2)]
+    assert first[0] is None  # one round seen: no price yet
+    assert isinstance(first[1], Bound) and first[1].last_round == 10
+    o.record(first[1], 2)
+    later = [o.stop_condition(look(o, w)) for _ in range(8)]  # global rounds 3..10
+    assert later[:7] == [None] * 7  # the bound holds: not told again
+    assert isinstance(later[7], StopAt) and later[7].last_round == 10
+    assert later[7].reason.startswith("budget spent")
+
+
+def test_the_check_reverts_a_join_that_hurts_and_leaves_the_newcomer_out():
+    d = verdict_on_the_join(hurting_c9(), budget=60_000)
+    assert isinstance(d, Reassign) and d.action == "revert" and d.reason.startswith("revert: ")
+    assert "c9" not in d.assignment and d.assignment["c7"] == "la1"
+    assert d.excluded == {"c9"} and "c9" in d.left_out and not d.revertible
+    assert d.forecast["accuracy_revert"] > d.forecast["accuracy_keep"]
+
+
+def test_the_check_keeps_a_join_that_helps():
+    d = verdict_on_the_join(helping_c9(), budget=100_000)
+    assert isinstance(d, Keep) and d.reason.startswith("forecast final accuracy: keep")
+    assert d.forecast["accuracy_keep"] >= d.forecast["accuracy_revert"]
+
+
+def test_a_stall_tries_the_other_grouping_as_an_experiment():
+    w = World(global_rounds=60, acc=lambda r, a: 0.5, skewed=True)
+    o = start(w, stall_window=3)
+    decisions = [o.decide(look(o, w)) for _ in range(4)]
+    assert decisions[0] == NoChange("attach", "the configuration model keeps the plan")
+    assert decisions[1:3] == [None] * 2
+    tried = decisions[3]  # flat for three rounds after the first: a stall
+    assert isinstance(tried, Reassign) and tried.trigger.startswith("stall")
+    assert tried.config_model == "min_kld" and tried.speculative and tried.revertible
+
+
+def test_status_histograms_feed_min_kld():
+    w = World(global_rounds=10)
+    o = start(w, config_model="min_kld")
+    look(o, w)
+    o._statuses["c1"]["histogram"] = {"0": 5, "3": 7}
+    fleet = o.live_fleet()
+    assert fleet.histograms["c1"] == [5, 0, 0, 7]
+    assert set(policies.assign("min_kld", fleet)) == set(w.inventory)
+
+
+# --- run(): the decisions carried out through the hooks ----------------------------------------
 
 
 def test_runs_to_the_end_of_the_pipeline_without_changing_a_good_plan():
@@ -127,46 +293,24 @@ def test_runs_to_the_end_of_the_pipeline_without_changing_a_good_plan():
     assert w.events[0]["trigger"] == "attach" and w.events[0]["action"] == "none"
 
 
-def test_a_client_added_to_the_inventory_is_placed_at_the_next_iteration():
-    w = World(global_rounds=12)
-    o = start(w, verify=False)
-    for _ in range(3):
-        o.iteration += 1
-        o.decide(o.observe())
-    w.inventory.append("c9")
-    o.iteration += 1
-    o.decide(o.observe())
-    assert w.applied and w.applied[-1][0]["c9"] == "la1"
+def test_a_join_is_placed_and_its_change_cost_booked():
+    w = World(global_rounds=12, script={4: join_c9})
+    o = start(w, verify=False, max_iterations=4)
+    o.run()
+    assert w.applied == [({**o.history[0], "c9": "la1"}, [])]
     ev = w.events[-1]
     assert ev["trigger"] == "join: c9" and "c9" not in ev["plan_before"]
     assert ev["plan_after"]["c9"] == "la1" and ev["change_cost"] > 0
+    assert o.pending is None  # the check is off
 
 
-def test_a_client_removed_from_the_inventory_leaves_the_plan_unchecked():
-    w = World(global_rounds=20)
-    o = start(w)
-    o.iteration += 1
-    o.decide(o.observe())
-    w.inventory.remove("c8")
-    o.iteration += 1
-    o.decide(o.observe())
-    assignment, _ = w.applied[-1]
-    assert "c8" not in assignment and len(assignment) == 7
-    assert w.events[-1]["trigger"] == "leave: c8" and o.pending is None
-
-
-def test_a_dead_la_has_its_clients_moved_to_the_other_la():
-    w = World(global_rounds=20)
-    o = start(w)
-    o.iteration += 1
-    o.decide(o.observe())
-    w.dead.add("la2")
-    for _ in range(2):  # two consecutive misses make a failure
-        o.iteration += 1
-        o.decide(o.observe())
+def test_a_dead_la_is_limited_away_and_its_clients_moved():
+    w = World(global_rounds=20, script={2: kill_la2})
+    o = start(w, max_iterations=3)
+    o.run()
     assignment, left_out = w.applied[-1]
     assert set(assignment.values()) == {"la1"} and left_out == ["la2"]
-    assert w.events[-1]["trigger"] == "failure: la2"
+    assert w.events[-1]["trigger"] == "failure: la2" and w.events[-1]["action"] == "apply"
     assert o.pending is None  # a failure cannot be reverted, so it is not checked
 
 
@@ -189,15 +333,9 @@ def test_target_accuracy_stops_the_pipeline():
 
 
 def test_a_join_that_hurts_is_reverted_and_the_revert_is_booked():
-    def acc(r, a):  # a label-skewed newcomer flattens learning
-        base = 0.1 + 0.15 * math.log(r + 1)
-        return base if "c9" not in a else 0.1 + 0.15 * math.log(6) + 0.001 * (r - 5)
-
-    # c9 sits next to la1, which is full: taking it pushes c7 to la2, and a revert moves c7 back.
-    w = World(global_rounds=40, acc=acc, capacity={"la1": 4, "la2": 5},
-              cost={"c9": {"la1": 10, "la2": 60}})
-    o = start(w, budget=60_000, window=4)
-    join_c9_and_run_past_the_check(o, w)
+    w = hurting_c9()
+    o = start(w, budget=60_000, window=4, max_iterations=13)
+    o.run()
     actions = [e["action"] for e in w.events]
     assert "revert" in actions, [e["reason"] for e in w.events]
     revert = next(e for e in w.events if e["action"] == "revert")
@@ -211,34 +349,34 @@ def test_a_join_that_hurts_is_reverted_and_the_revert_is_booked():
 
 
 def test_a_join_that_helps_is_kept():
-    def acc(r, a):
-        return 0.1 + (0.3 if "c9" in a else 0.1) * math.log(r + 1)
-
-    w = World(global_rounds=40, acc=acc)
-    o = start(w, budget=100_000, window=4)
-    join_c9_and_run_past_the_check(o, w)
+    w = helping_c9()
+    o = start(w, budget=100_000, window=4, max_iterations=13)
+    o.run()
     keep = [e for e in w.events if e["action"] == "keep"]
     assert keep and "c9" in o.assignment and not any(e["action"] == "revert" for e in w.events)
 
 
 def test_alternating_plans_are_stopped_and_reported():
-    w = World(global_rounds=100)
-    o = start(w)
-    o.iteration += 1
-    o.decide(o.observe())
-    for flap in range(3):
-        if flap % 2 == 0:
-            w.dead.add("la2")
-        else:
-            w.dead.discard("la2")
-        for _ in range(2):
-            o.iteration += 1
-            o.decide(o.observe())
-            if o.stop_reason:
-                break
-    assert o.stop_reason and o.stop_reason.startswith("oscillation")
+    w = World(global_rounds=100, script={2: kill_la2, 4: revive_la2, 6: kill_la2})
+    summary = start(w).run()
+    assert summary["stop_reason"].startswith("oscillation")
     assert w.events[-1]["action"] == "stop"
     assert len(w.applied) == 2  # the third alternation was not applied
+    assert w.events[-1]["plan_after"] == w.applied[0][0]  # the event names the plan not placed
+
+
+def test_a_failed_placement_ends_the_loop_with_the_plan_it_could_not_place():
+    def refuse(assignment, left_out):
+        raise RuntimeError("place.yml exited 2")
+
+    w = World(global_rounds=20, script={2: join_c9})
+    o = start(w)
+    o.hooks.apply = refuse
+    summary = o.run()
+    assert summary["stop_reason"] == "placement failed: place.yml exited 2"
+    stop = w.events[-1]
+    assert stop["action"] == "stop" and stop["trigger"] == "join: c9"
+    assert "c9" in stop["plan_after"] and "c9" not in o.assignment
 
 
 def test_loop_bounds_end_the_run():
@@ -260,27 +398,12 @@ def test_check_mode_previews_without_applying():
 
 def test_stall_tries_the_other_grouping_once_and_reverts_it_when_no_better():
     w = World(global_rounds=60, acc=lambda r, a: 0.5, skewed=True)
-    o = start(w, stall_window=3, window=3)
-    for _ in range(20):
-        o.iteration += 1
-        rnd = o.observe()
-        o.verify(rnd)
-        o.decide(rnd)
+    o = start(w, stall_window=3, window=3, max_iterations=20)
+    o.run()
     tried = [e for e in w.events if e["trigger"].startswith("stall") and e["action"] == "apply"]
     assert len(tried) == 1 and tried[0]["config_model"] == "min_kld"
     revert = [e for e in w.events if e["action"] == "revert"]
     assert len(revert) == 1 and "speculative change not better" in revert[0]["reason"]
     assert o.assignment == policies.assign("min_comm_cost", w.fleet())
     again = [e for e in w.events if "tried before" in e["reason"]]
-    assert again and o.stop_reason is None  # no oscillation: the loop keeps watching
-
-
-def test_status_histograms_feed_min_kld():
-    w = World(global_rounds=10)
-    o = start(w, config_model="min_kld")
-    o.observe()
-    o._statuses["c1"]["histogram"] = {"0": 5, "3": 7}
-    fleet = o.live_fleet()
-    assert fleet.histograms["c1"] == [5, 0, 0, 7]
-    assert set(policies.assign("min_kld", fleet)) == set(w.inventory)
-
+    assert again and o.stop_reason == "iteration bound 20 reached"  # no oscillation
