@@ -37,3 +37,15 @@ def without(hosts, groups, *names):
             if n in members:
                 members.remove(n)
     return hosts, groups
+
+
+def pem_credentials(plan, tag="1"):
+    """Stand-ins for role fl_pki's files as placement reads them ({ca, certs, keys}: PEM texts),
+    distinct per service; ``tag`` tells one issue of them from another (a rotation)."""
+    def pem(kind, body):
+        return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
+
+    names = [s["name"] for s in plan["services"]]
+    return {"ca": pem("CERTIFICATE", f"ca-{tag}"),
+            "certs": {n: pem("CERTIFICATE", f"{n}-cert-{tag}") for n in names},
+            "keys": {n: pem("PRIVATE KEY", f"{n}-key-{tag}") for n in names}}

@@ -17,7 +17,7 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
     plan,
     topology,
 )
-from inventory_fixtures import PIPELINE_VARS, local_hfl
+from inventory_fixtures import PIPELINE_VARS, local_hfl, pem_credentials
 
 ROOT = Path(__file__).resolve().parents[3]
 TEAMS = ("team1", "team2", "team3", "team4")
@@ -76,6 +76,11 @@ def docs(text):
     return [doc for _, doc in manifests.documents(text)]
 
 
+def render(p, **kwargs):
+    """``manifests.render`` with credentials for every service (plans use TLS by default)."""
+    return manifests.render(p, tls=pem_credentials(p), **kwargs)
+
+
 def by_kind(objs, kind):
     return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
 
@@ -86,7 +91,7 @@ def test_hfl_every_manifest_validates_against_pinned_k3s_schema(inventory):
     plans = plans_of(*inventory())
     seen = set()
     for p in plans:
-        for obj in docs(manifests.render(p)):
+        for obj in docs(render(p)) + docs(manifests.tls_secrets(p, pem_credentials(p))):
             kubernetes_validate.validate(obj, version, strict=True)
             key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
             assert key not in seen, f"{key} rendered twice: pipelines would overwrite each other"
@@ -96,7 +101,7 @@ def test_hfl_every_manifest_validates_against_pinned_k3s_schema(inventory):
 
 def test_hfl_tutorial_objects_pin_each_service_to_its_host():
     (p,) = plans_of(*tutorial())
-    objs = docs(manifests.render(p))
+    objs = docs(render(p))
     ns = f"hfl-{p['pipeline']}"
     assert {o["metadata"].get("namespace", o["metadata"]["name"]) for o in objs} == {ns}
     deployments = by_kind(objs, "Deployment")
@@ -106,9 +111,9 @@ def test_hfl_tutorial_objects_pin_each_service_to_its_host():
         assert pod["nodeSelector"] == {"kubernetes.io/hostname": s["host"]}
         (container,) = pod["containers"]
         assert container["ports"][0]["containerPort"] == s["port"]
-        assert container["ports"][0]["hostPort"] == s["port"]
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/status", "port": "http"}
+            assert container[probe]["httpGet"] == {"path": "/status", "port": "http",
+                                                   "scheme": "HTTPS"}
         wanted = {k: str(v) for k, v in s["resources"].items()}
         assert container.get("resources", {}).get("limits", {}) == wanted
     aggregators = {manifests.dns_name(s["name"]) for s in p["services"] if s["role"] != "client"}
@@ -117,12 +122,12 @@ def test_hfl_tutorial_objects_pin_each_service_to_its_host():
     claim = f"{manifests.dns_name(ga['name'])}-state"
     assert set(by_kind(objs, "PersistentVolumeClaim")) == {claim}
     ga_volumes = deployments[manifests.dns_name(ga["name"])]["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "state", "persistentVolumeClaim": {"claimName": claim}} in ga_volumes
+    assert {"name": claim, "persistentVolumeClaim": {"claimName": claim}} in ga_volumes
 
 
 def test_hfl_children_reach_parents_by_service_name():
     (p,) = plans_of(*tutorial())
-    objs = docs(manifests.render(p))
+    objs = docs(render(p))
     services = by_kind(objs, "Service")
     plan_parent = {s["name"]: s["parent"] for s in p["services"]}
     for cm in by_kind(objs, "ConfigMap").values():
@@ -139,43 +144,47 @@ def test_hfl_children_reach_parents_by_service_name():
 
 def test_hfl_same_plan_same_bytes_whatever_the_runtime():
     p = plan.make_plan(topology.build(*local_hfl()))
-    text = manifests.render(p)
-    assert manifests.render(copy.deepcopy(p)) == text
+    text = render(p)
+    assert render(copy.deepcopy(p)) == text
     for runtime in ("k3s", "podman"):
-        assert manifests.render(dict(p, runtime=runtime)) == text
+        assert render(dict(p, runtime=runtime)) == text
 
 
 def test_hfl_podman_units_are_the_rendered_bytes_per_service():
     p = plan.make_plan(topology.build(*local_hfl()))
-    text = manifests.render(p)
+    text = render(p)
     units = {u["name"]: u for u in manifests.podman_units(text)}
     assert set(units) == {s["name"] for s in p["services"]}
     played = [raw for u in units.values() for raw, _ in manifests.documents(u["kube"])]
     claims = [raw for raw, doc in manifests.documents(text)
               if doc["kind"] == "PersistentVolumeClaim"]
-    namespace = [raw for raw, doc in manifests.documents(text) if doc["kind"] == "Namespace"]
-    # Every rendered document is played verbatim, or is a claim / the Namespace podman skips.
-    assert sorted(played + claims + namespace) == sorted(raw for raw, _ in
-                                                         manifests.documents(text))
+    skipped = [raw for raw, doc in manifests.documents(text)
+               if doc["kind"] in ("Namespace", "NetworkPolicy")]
+    # Every rendered document is played verbatim, or is a claim, the Namespace or a
+    # NetworkPolicy, which podman does not consume.
+    assert sorted(played + claims + skipped) == sorted(raw for raw, _ in
+                                                       manifests.documents(text))
     assert units["ga"]["claims"] == ["ga-state"]
-    assert set(units["ga"]["volumes"]) == {"ga-state", "ga-config"}
-    assert units["c1"]["claims"] == [] and units["c1"]["volumes"] == ["c1-config"]
+    assert set(units["ga"]["volumes"]) == {"ga-state", "ga-config", "ga-data", "ga-tls"}
+    assert units["c1"]["claims"] == [] and units["c1"]["secret"] == "c1-tls"
+    # podman names an emptyDir's volume after it: each pod's are its own.
+    assert units["c1"]["volumes"] == ["c1-config", "c1-state", "c1-data", "c1-tls"]
 
 
 def test_hfl_client_move_changes_only_that_clients_unit():
     topo = topology.build(*local_hfl())
     before = {u["name"]: u["kube"] for u in manifests.podman_units(
-        manifests.render(plan.make_plan(topo)))}
+        render(plan.make_plan(topo)))}
     after = {u["name"]: u["kube"] for u in manifests.podman_units(
-        manifests.render(plan.make_plan(topo, {"c1": "la2"})))}
+        render(plan.make_plan(topo, {"c1": "la2"})))}
     assert [n for n in before if before[n] != after[n]] == ["c1"]
     assert "parent: la2:8082" in after["c1"]
 
 
 def test_hfl_host_paths_mount_read_only_in_every_pod():
     p = plan.make_plan(topology.build(*local_hfl()))
-    objs = docs(manifests.render(p, image="localhost/base:1", python="/venv/bin/python",
-                                 host_paths=["/usr", "/venv"]))
+    objs = docs(render(p, image="localhost/base:1", python="/venv/bin/python",
+                       host_paths=["/usr", "/venv"]))
     for d in by_kind(objs, "Deployment").values():
         pod = d["spec"]["template"]["spec"]
         (container,) = pod["containers"]
@@ -200,22 +209,25 @@ def test_hfl_names_that_collide_in_kubernetes_are_an_error():
 
 def test_hfl_k3s_prunes_exactly_what_left_the_plan():
     hosts, groups = local_hfl()
-    before = manifests.render(plan.make_plan(topology.build(hosts, groups)))
+    before_plan = plan.make_plan(topology.build(hosts, groups))
+    before = render(before_plan)
     hosts.pop("c4")
     for members in groups.values():
         if "c4" in members:
             members.remove("c4")
-    after = manifests.render(plan.make_plan(topology.build(hosts, groups)))
-    in_cluster = [doc for _, doc in manifests.documents(before)]
+    after = render(plan.make_plan(topology.build(hosts, groups)))
+    # The cluster holds the Secrets too, applied apart from the manifests.
+    in_cluster = docs(before) + docs(manifests.tls_secrets(before_plan,
+                                                           pem_credentials(before_plan)))
     assert [(o["kind"], o["name"]) for o in manifests.stale(in_cluster, after)] == [
-        ("ConfigMap", "c4-config"), ("Deployment", "c4")]
+        ("ConfigMap", "c4-config"), ("Deployment", "c4"), ("Secret", "c4-tls")]
     assert manifests.stale(in_cluster, before) == []
 
 
 def test_hfl_bytes_do_not_depend_on_key_order():
     p = plan.make_plan(topology.build(*local_hfl()))
     reordered = json.loads(json.dumps(p, sort_keys=True))
-    assert manifests.render(reordered) == manifests.render(p)
+    assert render(reordered) == render(p)
 
 
 def app_plan(digest="ab" * 32):
@@ -226,7 +238,7 @@ def app_plan(digest="ab" * 32):
 
 def test_hfl_flower_app_is_a_read_only_host_folder_in_every_pod():
     p = app_plan()
-    text = manifests.render(p, app_host_dir="/srv/apps/")
+    text = render(p, app_host_dir="/srv/apps/")
     assert manifests.app_node_dir(p, "/srv/apps/") == "/srv/apps/demo"
     assert manifests.app_node_dir(p) == "/var/lib/hfl/apps/demo"
     assert manifests.app_node_dir(plan.make_plan(topology.build(*local_hfl()))) is None
@@ -247,7 +259,7 @@ def test_hfl_flower_app_is_a_read_only_host_folder_in_every_pod():
 
 def test_hfl_changed_flower_app_replays_every_unit_same_app_none():
     def units(p):
-        return {u["name"]: u["kube"] for u in manifests.podman_units(manifests.render(p))}
+        return {u["name"]: u["kube"] for u in manifests.podman_units(render(p))}
 
     before = units(app_plan())
     assert units(app_plan()) == before
