@@ -5,6 +5,7 @@ real run would change, host by host, and that check mode changes nothing.
 In check mode get_url still asks the script's URL (HEAD); the fleet cannot reach the internet,
 so the controller serves a stand-in script at hfl_k3s_install_script_url. It is never run."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -51,10 +52,12 @@ def test_hfl_k3s_bootstrap_check_mode_reports_each_hosts_changes(fleet_factory, 
     cluster_vars.pop("ansible_user")
     www = tmp_path / "www"
     www.mkdir()
-    (www / "k3s-install.sh").write_text("#!/bin/sh\necho 'stand-in, never run' >&2; exit 1\n")
+    script = b"#!/bin/sh\necho 'stand-in, never run' >&2; exit 1\n"
+    (www / "k3s-install.sh").write_bytes(script)
     cluster_vars.update(hfl_state_dir=str(tmp_path / "controller"),
                         hfl_k3s_install_script_url=f"http://{fleet.controller.address}:8000/"
-                                                   "k3s-install.sh")
+                                                   "k3s-install.sh",
+                        hfl_k3s_install_script_sha256=hashlib.sha256(script).hexdigest())
     inventory = write_inventory(tmp_path / "inventory", tiers, cluster_vars)
     wrapper = tmp_path / "bootstrap-check.yml"
     wrapper.write_text(yaml.safe_dump([
