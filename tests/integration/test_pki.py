@@ -1,9 +1,11 @@
 """playbooks/pki.yml (role fl_pki) on a small plan: a CA per pipeline and, signed by it, a key
 and certificate per service and for the controller, under <hfl_state_dir>/<pipeline>/pki/.
-Every certificate names its service (CN and SAN, with the address its children dial) and is good
-for both ends of a link; keys are 0600 in a 0700 folder and never appear in Ansible's output; a
-second run changes nothing; rotation issues new keys and certificates under the same CA; and the
-credentials make a real mutual-TLS handshake that another pipeline's certificate cannot."""
+Every certificate names its service (CN and SAN, with the address its children dial) and its
+role (OU), and is good for both ends of a link; keys are 0600 in a 0700 folder and never appear
+in Ansible's output; a second run changes nothing and runs no community.crypto module; rotation
+issues new keys and certificates under the same CA; a service given another address gets a
+certificate naming it, the others are left alone; and the credentials make a real mutual-TLS
+handshake that another pipeline's certificate cannot."""
 
 import json
 import shutil
@@ -14,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -23,6 +26,10 @@ from hfl_helpers import PLAYBOOKS, local_inventory, playbook
 pytestmark = pytest.mark.integration
 
 SERVICES = ("ga", "la1", "c1")  # one of each role keeps the runs short
+ROLES = ("global_aggregator", "local_aggregator", "client")
+# What a run that makes or signs anything prints; a run with nothing to do runs none of them.
+CRYPTO_TASKS = ("Create the CA's private key", "Create each one's private key",
+                "Sign each one's certificate")
 
 
 def small(pipeline, runtime="process"):
@@ -85,7 +92,13 @@ def runs(tmp_path_factory):
     recording.write_text(RECORD_FACTS.format(pki_yml=PLAYBOOKS / "pki.yml",
                                              dest=tmp / "facts.json"))
     out = {"facts": tmp / "facts.json"}
-    for step, extra in (("first", ()), ("second", ()), ("rotated", ("-e", "hfl_pki_rotate=true"))):
+    steps = (("first", ()), ("second", ()), ("rotated", ("-e", "hfl_pki_rotate=true")),
+             ("moved", ()))
+    for step, extra in steps:
+        if step == "moved":  # c1 now answers at another address
+            hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+            hosts["hfl_cluster"]["children"]["edge"]["hosts"]["c1"]["hfl_address"] = "127.0.0.2"
+            (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
         run = playbook(recording if step == "first" else "pki.yml", inventory, "-v", *extra,
                        timeout=600)
         assert run.rc == 0, run.why()
@@ -97,7 +110,7 @@ def runs(tmp_path_factory):
     assert run.rc == 0, run.why()
     out["other"] = Pki(tmp / "other" / "controller" / "other" / "pki")
     out["live"] = Pki(pki)
-    out.update({f"{step}_pki": Pki(tmp / step) for step in ("first", "second", "rotated")})
+    out.update({f"{step}_pki": Pki(tmp / step) for step, _ in steps})
     return out
 
 
@@ -121,10 +134,12 @@ def test_every_service_has_a_certificate_of_the_pipeline_ca_naming_it(runs):
     assert basic.critical and basic.value.ca
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
     assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "hfl-demo CA"
-    for name in SERVICES:
+    for name, role in zip(SERVICES, ROLES, strict=True):
         cert = pki.cert(name)
         verify_chain(cert, ca)
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+        assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == (
+            role)
         dns, ips = sans(cert)
         assert dns[0] == name and ips == ["127.0.0.1"], (dns, ips)  # the plan's address
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
@@ -132,6 +147,8 @@ def test_every_service_has_a_certificate_of_the_pipeline_ca_naming_it(runs):
         assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     controller = pki.cert("controller")
     verify_chain(controller, ca)
+    assert controller.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[
+        0].value == "controller"
     assert sans(controller)[0] == ["hfl-controller"]
     assert list(controller.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -175,6 +192,17 @@ def test_a_second_run_changes_nothing(runs):
     assert runs["second"].changed == 0, runs["second"].output[-3000:]
     for name in (*SERVICES, "controller"):
         assert runs["second_pki"].cert(name) == runs["first_pki"].cert(name)
+    assert all(task in runs["first"].output for task in CRYPTO_TASKS)
+    assert not any(task in runs["second"].output for task in CRYPTO_TASKS)
+
+
+def test_a_new_address_signs_that_services_certificate_only(runs):
+    before, after = runs["rotated_pki"], runs["moved_pki"]
+    assert sans(after.cert("c1")) == (["c1"], ["127.0.0.2"])
+    assert after.cert("c1").public_key() == before.cert("c1").public_key()  # same key
+    verify_chain(after.cert("c1"), after.ca)
+    for name in ("ga", "la1", "controller"):
+        assert after.cert(name) == before.cert(name)
 
 
 def test_rotation_issues_new_keys_and_certificates_under_the_same_ca(runs):

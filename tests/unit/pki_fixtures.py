@@ -30,7 +30,7 @@ def _san(value):
         return x509.DNSName(value)
 
 
-def issue(ca_key, ca_cert, cn, ou, sans, server=True, days=30, key=None):
+def issue(ca_key, ca_cert, cn, ou, sans, server=True, days=825, key=None):
     """(key, certificate) for ``cn`` signed by the CA; ``key`` reuses an existing key."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -72,19 +72,27 @@ def pem(thing):
                                serialization.NoEncryption())
 
 
+def write_key(path, key):
+    Path(path).write_bytes(pem(key))
+    Path(path).chmod(0o600)
+
+
 def write_pki(folder, services, ca=None):
-    """``services``: {name: (role, address)} -> ``folder`` in fl_pki's layout (plus the
-    controller's certificate); returns the folder as a Path. ``ca``: (key, cert) to sign with."""
+    """``services``: {name: (role, address)} -> ``folder`` in fl_pki's layout and modes (plus
+    the controller's certificate); returns the folder as a Path. ``ca``: (key, cert) to sign
+    with."""
     folder = Path(folder)
     (folder / "services").mkdir(parents=True, exist_ok=True)
+    for made in (folder, folder / "services"):
+        made.chmod(0o700)
     ca_key, ca_cert = ca or make_ca()
-    (folder / "ca.key").write_bytes(pem(ca_key))
+    write_key(folder / "ca.key", ca_key)
     (folder / "ca.crt").write_bytes(pem(ca_cert))
     subjects = {f"services/{n}": (n, role, [n, address], True)
                 for n, (role, address) in services.items()}
     subjects["controller"] = (CONTROLLER, "controller", [CONTROLLER], False)
     for base, (cn, ou, sans, server) in subjects.items():
         key, cert = issue(ca_key, ca_cert, cn, ou, sans, server)
-        (folder / f"{base}.key").write_bytes(pem(key))
+        write_key(folder / f"{base}.key", key)
         (folder / f"{base}.crt").write_bytes(pem(cert))
     return folder
