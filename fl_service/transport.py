@@ -141,13 +141,37 @@ def npy_view(data: bytes) -> np.ndarray:
     return view.reshape(shape, order="F" if fortran else "C")
 
 
+# Array data below this size is joined with the heads around it rather than sent on its own.
+_SMALL_PIECE = 64 << 10
+
+
+def frame_parts(
+    header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None
+) -> list[bytes | memoryview]:
+    """The frame of `header` and `arrays` as pieces: small heads joined, each array's data a
+    view of the array (no copy), for a writer that sends them one after another."""
+    head = json.dumps(header).encode()
+    pieces: list[bytes | memoryview] = [_HEADER_LEN.pack(len(head)), head]
+    if arrays is not None:
+        pieces += _array_record_parts(arrays)
+    parts: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for piece in pieces:
+        if isinstance(piece, memoryview) and piece.nbytes >= _SMALL_PIECE:
+            if small:
+                parts.append(b"".join(small))
+                small = []
+            parts.append(piece)
+        else:
+            small.append(piece)
+    if small:
+        parts.append(b"".join(small))
+    return parts
+
+
 def encode_frame(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None) -> bytes:
     """`arrays`: the model by state_dict name, in state_dict order (the ArrayRecord's keys)."""
-    head = json.dumps(header).encode()
-    parts: list[bytes | memoryview] = [_HEADER_LEN.pack(len(head)), head]
-    if arrays is not None:
-        parts += _array_record_parts(arrays)
-    return b"".join(parts)
+    return b"".join(frame_parts(header, arrays))
 
 
 def decode_frame(frame: bytes) -> tuple[dict[str, Any], Arrays | None]:
@@ -535,13 +559,18 @@ class ParentLink:
         return conn
 
     def _exchange(
-        self, method: str, path: str, body: bytes, content_type: str, timeout: float
+        self, method: str, path: str, body: bytes | list[bytes | memoryview],
+        content_type: str, timeout: float,
     ) -> tuple[int, str, bytes, int, int]:
-        """One request/response: (status, content type, body, bytes sent, bytes received)."""
+        """One request/response: (status, content type, body, bytes sent, bytes received).
+        A `body` given as pieces (frame_parts) is sent piece by piece, never joined."""
         conn = self._connection(timeout)
         sent_before = conn.sent
+        headers = {"Content-Type": content_type}
+        if isinstance(body, list):
+            headers["Content-Length"] = str(sum(memoryview(part).nbytes for part in body))
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": content_type})
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -551,7 +580,8 @@ class ParentLink:
         return response.status, content_type, data, conn.sent - sent_before, response.counter.count
 
     def _request(
-        self, method: str, path: str, body: bytes, content_type: str, timeout: float
+        self, method: str, path: str, body: bytes | list[bytes | memoryview],
+        content_type: str, timeout: float,
     ) -> tuple[int, str, bytes]:
         status, ctype, data, sent, received = self._exchange(method, path, body, content_type,
                                                              timeout)
@@ -602,7 +632,8 @@ class ParentLink:
     ) -> tuple[bool, str]:
         """(accepted, reason). `header` from train_update, evaluate_update, error_update or
         abstain_update; the model goes with a train update only."""
-        frame = encode_frame({**header, "name": self.name}, arrays)
+        # Sent in pieces: a model-sized frame is never assembled (one copy of it saved).
+        frame = frame_parts({**header, "name": self.name}, arrays)
         status, _, data = self._request("POST", "/fl/update", frame, FRAME_TYPE, 60.0)
         if status not in (200, 409, 422, 400):
             raise ParentUnavailable(f"{self.peer}/fl/update: HTTP {status} {data[:200]!r}")

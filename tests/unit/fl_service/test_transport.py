@@ -30,6 +30,7 @@ from fl_service.transport import (
     encode_frame,
     error_update,
     evaluate_update,
+    frame_parts,
     parse_update,
     train_update,
 )
@@ -124,7 +125,9 @@ class Aggregator:
         self.coordinator = RoundCoordinator("agg", self.state)
         routes = aggregator_routes(self.coordinator, Access(cfg).child)
         context = server_context(tls["tls_cert"], tls["tls_key"], tls["tls_ca"]) if tls else None
-        self.server = ServiceHTTPServer("127.0.0.1", 0, routes, self.links, context)
+        # Updates up to a few MB (a service sets this limit from its task frames).
+        limits = {("POST", "/fl/update"): lambda: 4 << 20}
+        self.server = ServiceHTTPServer("127.0.0.1", 0, routes, self.links, context, limits)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -142,12 +145,13 @@ def aggregator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aggregator]:
 
 
 def run_round(agg: Aggregator, results: list, kind: str = TRAIN,
-              strategy: str = "flwr.serverapp.strategy:FedAvg") -> threading.Thread:
+              strategy: str = "flwr.serverapp.strategy:FedAvg",
+              model: dict[str, np.ndarray] = MODEL) -> threading.Thread:
     driver = build_driver({"strategy": strategy})
-    aggregation = (driver.train_aggregation(1, MODEL) if kind == TRAIN
+    aggregation = (driver.train_aggregation(1, model) if kind == TRAIN
                    else driver.evaluate_aggregation(1))
     thread = threading.Thread(target=lambda: results.append(agg.coordinator.run_round(
-        kind, 1, 1, {"server-round": 1, "local-round": 1}, MODEL, aggregation,
+        kind, 1, 1, {"server-round": 1, "local-round": 1}, model, aggregation,
         min_participants=1, timeout_s=10)))
     thread.start()
     return thread
@@ -325,3 +329,29 @@ def test_a_strategy_that_fails_fails_the_round_and_is_counted(aggregator: Aggreg
     assert results == [None]
     assert aggregator.state.failed_aggregations == 1
     assert aggregator.state.status()["failed_aggregations"] == 1
+
+
+
+def test_a_large_model_sent_in_pieces_arrives_whole_and_is_counted_alike(
+    aggregator: Aggregator,
+) -> None:
+    # Arrays over the piece threshold travel as views of the child's arrays (frame_parts), a
+    # transposed one through its C-order copy; the parent gets exactly encode_frame's frame.
+    model = {**MODEL, "conv.weight": np.linspace(0, 1, 60_000, dtype=np.float32).reshape(200, 300)}
+    update = {**model, "conv.weight": np.ascontiguousarray(model["conv.weight"].T * 2).T}
+    pieces = frame_parts({"task_id": "t"}, update)
+    assert any(isinstance(p, memoryview) for p in pieces)
+    assert b"".join(pieces) == encode_frame({"task_id": "t"}, {
+        **model, "conv.weight": model["conv.weight"] * 2})
+    links = LinkCounters()
+    child = ParentLink(("127.0.0.1", aggregator.port), "c1", "client", links)
+    child.join(num_examples=5)
+    results: list = []
+    thread = run_round(aggregator, results, model=model)
+    header, _ = child.poll_task("")
+    assert child.send_update(train_update(header["task_id"], 5, {}), update) == (True, "")
+    thread.join(10)
+    assert np.allclose(results[0].arrays["conv.weight"], model["conv.weight"] * 2, rtol=1e-6)
+    mine, theirs = links.snapshot()["agg"], aggregator.links.snapshot()["c1"]
+    assert mine["sent_bytes"] == theirs["received_bytes"] > model["conv.weight"].nbytes
+    child.close()
