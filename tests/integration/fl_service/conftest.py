@@ -13,3 +13,13 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def tls_pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    """`pipeline` with mutual TLS on every link (a throwaway CA of its own)."""
+    running = Pipeline(tmp_path, tls=True)
+    try:
+        yield running
+    finally:
+        running.close()

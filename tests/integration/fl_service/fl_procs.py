@@ -1,4 +1,9 @@
-"""Start and stop real fl_service processes on free loopback ports, and watch their /status."""
+"""Start and stop real fl_service processes on free loopback ports, and watch their /status.
+
+A Pipeline made with `tls=True` gives every service a certificate of a throwaway CA of its own
+(bench/throwaway_pki.py: CN the name, OU the role, as role fl_pki makes them), so every link is
+mutual TLS; the test then asks its services as the controller (its certificate) by default.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -15,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+
+from throwaway_pki import CONTROLLER_ROLE, ThrowawayCA  # noqa: E402
+
+from fl_service.transport import client_context  # noqa: E402
 
 ROLE_NAMES = {"ga": "global_aggregator", "la": "local_aggregator", "client": "client"}
 
@@ -26,9 +38,12 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, name: str, role: str, port: int, config_path: Path, log_path: Path) -> None:
+    def __init__(self, name: str, role: str, port: int, config_path: Path, log_path: Path,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: how the test calls this service (None: plain HTTP)."""
         self.name, self.role, self.port = name, role, port
         self.config_path, self.log_path = config_path, log_path
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @property
@@ -64,10 +79,17 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> Any:
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.address}"
+
+    def request(self, method: str, path: str, payload: dict | None = None,
+                tls: ssl.SSLContext | None = None) -> Any:
+        """Call the service (over TLS as `tls`, default the test's own identity); the JSON
+        document, or the text of /metrics; urllib.error.HTTPError for an error status."""
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(f"http://{self.address}{path}", data=data, method=method)
-        with urllib.request.urlopen(req, timeout=5) as response:
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=5, context=tls or self.tls) as response:
             body = response.read()
         return json.loads(body) if path != "/metrics" else body.decode()
 
@@ -87,19 +109,36 @@ class Service:
 
 
 class Pipeline:
-    """The processes of one test; `close()` kills every one of them."""
+    """The processes of one test; `close()` kills every one of them. With `tls`, every service
+    gets a certificate of `self.ca` and the test calls them as the controller."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: bool = False) -> None:
         self.root = root
         self.services: dict[str, Service] = {}
+        self.ca = ThrowawayCA(root / "pki") if tls else None
+        self.controller = self.identity("hfl-controller", CONTROLLER_ROLE) if tls else None
+
+    def identity(self, name: str, role: str) -> ssl.SSLContext:
+        """A TLS client holding a certificate of the pipeline's CA for `name` in `role`."""
+        assert self.ca is not None, "a plain-HTTP pipeline has no certificates"
+        files = self.ca.issue(name, role)
+        return client_context(files["tls_cert"], files["tls_key"], files["tls_ca"])
+
+    def anonymous(self) -> ssl.SSLContext:
+        """A TLS client that trusts the pipeline's CA and holds no certificate (as a probe)."""
+        assert self.ca is not None, "a plain-HTTP pipeline has no CA"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(self.ca.ca_path)
+        return context
 
     def add(self, role: str, name: str, start: bool = True, **config: Any) -> Service:
         port = free_port()
         cfg = {"name": name, "port": port, "state_dir": str(self.root / name), "threads": 1,
-               **config}
+               **(self.ca.issue(name, ROLE_NAMES[role]) if self.ca else {}), **config}
         config_path = self.root / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
-        service = Service(name, role, port, config_path, self.root / f"{name}.log")
+        service = Service(name, role, port, config_path, self.root / f"{name}.log",
+                          self.controller)
         self.services[name] = service
         if start:
             service.start()

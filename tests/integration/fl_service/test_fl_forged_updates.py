@@ -1,11 +1,13 @@
-"""Forged updates against a running GA -> LA -> clients pipeline, sent over HTTP exactly as an
-attacker on the network would: each joins under a name of its own, takes the round's task and
-answers it with one forged frame. Counts of 10^12, 10^39 and 1e400, NaN/Inf header fields and
+"""Forged updates against a running GA -> LA -> clients pipeline with mutual TLS, sent exactly as
+an attacker holding a valid client certificate would (a compromised but authenticated client):
+each joins under its own certificate's name, takes the round's task and answers it with one
+forged frame. Counts of 10^12, 10^39 and 1e400, NaN/Inf header fields and
 values that overflow the aggregate are each rejected with a reason; the GA and the LA stay up,
 every round completes with the honest updates only, and the global model stays finite. A
 checkpoint poisoned on disk is refused, not resumed from."""
 
 import json
+import ssl
 import struct
 import subprocess
 import sys
@@ -58,20 +60,22 @@ def forged_frame(task_id: str, name: str, count: str, fields: dict,
     return struct.pack(">I", len(head)) + head + model
 
 
-def post(port: int, frame: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/fl/update", data=frame,
+def post(port: int, frame: bytes, tls: ssl.SSLContext) -> tuple[int, dict]:
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/fl/update", data=frame,
                                      method="POST", headers={"Content-Type": FRAME_TYPE})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=30, context=tls) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
 
 
-def attack(port: int, name: str, answers: dict[str, tuple[int, dict]]) -> None:
-    """Join as `name`, wait for the next train task, answer it with the forged update, leave."""
+def attack(port: int, name: str, tls: ssl.SSLContext, answers: dict[str, tuple[int, dict]]
+           ) -> None:
+    """Join as `name` (holding `tls`, a certificate for `name`), wait for the next train task,
+    answer it with the forged update, leave."""
     count, fields, make, _ = ATTACKS[name]
-    link = ParentLink(("127.0.0.1", port), name, "client", LinkCounters())
+    link = ParentLink(("127.0.0.1", port), name, "client", LinkCounters(), tls)
     try:
         link.join(DECLARED)
         deadline = time.monotonic() + 120
@@ -81,16 +85,17 @@ def attack(port: int, name: str, answers: dict[str, tuple[int, dict]]) -> None:
         assert task is not None, f"{name}: no task from :{port}"
         header, arrays = task
         answers[name] = post(port, forged_frame(header["task_id"], name, count, fields,
-                                                make(arrays)))
+                                                make(arrays)), tls)
         link.leave()
     finally:
         link.close()
 
 
-def launch(port: int) -> tuple[list[threading.Thread], dict[str, tuple[int, dict]]]:
+def launch(port: int, identities: dict[str, ssl.SSLContext]
+           ) -> tuple[list[threading.Thread], dict[str, tuple[int, dict]]]:
     answers: dict[str, tuple[int, dict]] = {}
-    threads = [threading.Thread(target=attack, args=(port, name, answers), daemon=True)
-               for name in ATTACKS]
+    threads = [threading.Thread(target=attack, args=(port, name, identities[name], answers),
+                                daemon=True) for name in ATTACKS]
     for thread in threads:
         thread.start()
     return threads, answers
@@ -103,7 +108,10 @@ def assert_all_rejected(answers: dict[str, tuple[int, dict]], where: str) -> Non
         assert ATTACKS[name][3] in reply["reason"], (where, name, reply["reason"])
 
 
-def test_forged_updates_are_rejected_and_training_goes_on_unharmed(pipeline: Pipeline) -> None:
+def test_forged_updates_are_rejected_and_training_goes_on_unharmed(
+    tls_pipeline: Pipeline,
+) -> None:
+    pipeline = tls_pipeline
     global_rounds = 4
     ga = pipeline.add("ga", "ga", global_rounds=global_rounds, min_participants=1,
                       round_timeout_s=90, **TRAINING)
@@ -112,10 +120,12 @@ def test_forged_updates_are_rejected_and_training_goes_on_unharmed(pipeline: Pip
     for i in range(2):
         pipeline.add("client", f"c{i}", parent=la.address, partition_id=i, num_partitions=2,
                      **TRAINING)
+    # Each attacker holds a client certificate of its own name (a GA takes clients: flat FL).
+    identities = {name: pipeline.identity(name, "client") for name in ATTACKS}
     pipeline.wait_for("ga", lambda s: s["global_round"] >= 2, "a first completed round")
     # Both tiers at once: the GA's next round and the LA's local round inside it.
-    ga_threads, at_ga = launch(ga.port)
-    la_threads, at_la = launch(la.port)
+    ga_threads, at_ga = launch(ga.port, identities)
+    la_threads, at_la = launch(la.port, identities)
     for thread in ga_threads + la_threads:
         thread.join(150)
     assert_all_rejected(at_ga, "ga")

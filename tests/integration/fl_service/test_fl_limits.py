@@ -1,7 +1,10 @@
-"""Resource limits against real processes: an oversized or malformed body is refused before it
-is read, and idle connections do not stop training (docs/architecture.md, Resource limits)."""
+"""Resource limits against real processes with mutual TLS on: an oversized or malformed body is
+refused before it is read, and idle connections do not stop training (docs/architecture.md,
+Resource limits). The attacker holds a client certificate of the pipeline (a compromised client)
+where the limit is behind the certificate check, and none where it is not (idle connections)."""
 
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,12 @@ def rss_bytes(service: Service) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def connect(port: int, tls: ssl.SSLContext) -> ssl.SSLSocket:
+    """A TLS connection to a service on loopback, handshake done."""
+    return tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                           server_hostname="127.0.0.1")
 
 
 def read_reply(sock: socket.socket) -> str:
@@ -49,12 +58,14 @@ def trained_pipeline(pipeline: Pipeline, rounds: int) -> Service:
     return ga
 
 
-def test_a_300_mb_update_is_refused_without_the_ga_growing(pipeline: Pipeline) -> None:
+def test_a_300_mb_update_is_refused_without_the_ga_growing(tls_pipeline: Pipeline) -> None:
+    pipeline = tls_pipeline
     ga = trained_pipeline(pipeline, rounds=1)
     pipeline.wait_for("ga", finished, "finished run")  # the GA has handed out its model
+    mallory = pipeline.identity("mallory", "client")
     before = rss_bytes(ga)
     sent = 0
-    with socket.create_connection(("127.0.0.1", ga.port), timeout=30) as sock:
+    with connect(ga.port, mallory) as sock:
         sock.sendall(b"POST /fl/update HTTP/1.1\r\nHost: ga\r\nContent-Type: "
                      b"application/x-hfl-frame\r\nContent-Length: %d\r\n\r\n" % HUGE)
         reply = read_reply(sock)  # answered before a single body byte is sent
@@ -63,7 +74,7 @@ def test_a_300_mb_update_is_refused_without_the_ga_growing(pipeline: Pipeline) -
             while sent < HUGE:
                 sock.sendall(chunk)
                 sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             pass
     assert reply.startswith("HTTP/1.1 413 ") and "Connection: close" in reply
     assert f"Content-Length {HUGE} is over the limit of" in reply
@@ -77,12 +88,14 @@ def test_a_300_mb_update_is_refused_without_the_ga_growing(pipeline: Pipeline) -
 
 
 def test_a_negative_or_malformed_length_is_refused_and_the_ga_serves_on(
-    pipeline: Pipeline,
+    tls_pipeline: Pipeline,
 ) -> None:
+    pipeline = tls_pipeline
     ga = pipeline.add("ga", "ga", global_rounds=1, min_participants=1, **TRAINING)
     pipeline.wait_for("ga", lambda s: s["state"] == "waiting", "the GA waiting for children")
+    mallory = pipeline.identity("mallory", "client")
     for length in ("-1", "12abc"):
-        with socket.create_connection(("127.0.0.1", ga.port), timeout=30) as sock:
+        with connect(ga.port, mallory) as sock:
             sock.sendall(b"POST /fl/update HTTP/1.1\r\nHost: ga\r\nContent-Length: "
                          + length.encode() + b"\r\n\r\nwhatever follows")
             reply = read_reply(sock)
@@ -92,14 +105,18 @@ def test_a_negative_or_malformed_length_is_refused_and_the_ga_serves_on(
     assert ga.status()["state"] == "waiting"
 
 
-def test_300_idle_connections_do_not_stop_rounds_from_completing(pipeline: Pipeline) -> None:
+def test_300_idle_connections_do_not_stop_rounds_from_completing(
+    tls_pipeline: Pipeline,
+) -> None:
+    pipeline = tls_pipeline
     ga = pipeline.add("ga", "ga", global_rounds=3, min_participants=2, round_timeout_s=30,
                       **TRAINING)
     pipeline.wait_for("ga", lambda s: s["state"] == "waiting", "the GA waiting for children")
+    nobody = pipeline.anonymous()
     idle = []
     try:
-        for i in range(300):
-            sock = socket.create_connection(("127.0.0.1", ga.port), timeout=30)
+        for i in range(300):  # each through the TLS handshake, so not cut off by its timeout
+            sock = connect(ga.port, nobody)
             if i % 2:  # half say nothing, half stop in the middle of a request
                 sock.sendall(b"POST /fl/update HTTP/1.1\r\nContent-Length: 100\r\n")
             idle.append(sock)

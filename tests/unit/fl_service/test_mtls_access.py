@@ -213,3 +213,21 @@ def test_unusable_tls_files_are_a_config_error_naming_the_key(ca, tmp_path):
     other = ca.issue("c1", "client")
     with pytest.raises(ConfigError, match=r"^tls_cert: "):  # a key of another certificate
         server_context(files["tls_cert"], other["tls_key"], files["tls_ca"])
+
+
+def test_a_plain_http_service_says_so_in_one_warning_at_start(tmp_path, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = tmp_path / "ga.yaml"
+    path.write_text(yaml.safe_dump({"name": "ga", "port": port,
+                                    "state_dir": str(tmp_path / "state")}))
+    plain = Service(load_config("global_aggregator", path, environ={}))
+    plain.start_http()
+    try:
+        [warning] = [r for r in caplog.records if "TLS IS OFF" in r.getMessage()]
+    finally:
+        plain.server.shutdown()
+        plain.server.server_close()
+    assert warning.levelname == "WARNING" and "\n" not in warning.getMessage()
+    assert "anyone who can reach it can join, send updates" in warning.getMessage()
