@@ -13,6 +13,7 @@ import json
 
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import (
     CLIENT,
+    CONTROLLER_CN,
     GA,
     LA,
     TopologyError,
@@ -48,6 +49,14 @@ def tls_paths(topology, service):
         return {}
     folder = f"{service_dir(topology, service)}/tls"
     return {key: f"{folder}/{name}" for key, name in TLS_FILES.items()}
+
+
+def service_url(topology, service):
+    """Where its peers and the controller's readers reach the service: https unless the
+    pipeline is ``hfl_insecure``, at its plan address (no path)."""
+    scheme = "http" if topology.pipeline.insecure else "https"
+    host = f"[{service.address}]" if ":" in service.address else service.address
+    return f"{scheme}://{host}:{service.port}"
 
 
 def default_assignment(topology):
@@ -176,6 +185,8 @@ def _config(topology, service, parent, app=None):
         elif p.partitioner == "label_skew":
             cfg["classes_per_client"] = p.classes_per_client
     cfg.update(tls_paths(topology, service))
+    if tls_paths(topology, service) and p.pki_controller_name != CONTROLLER_CN:
+        cfg["controller_name"] = p.pki_controller_name
     cfg.update(_app_config(topology, service, app))
     return cfg
 
@@ -212,6 +223,7 @@ def make_plan(topology, assignment=None, app=None):
             "parent": parent.name if parent else None,
             "address": s.address,
             "port": s.port,
+            "url": service_url(topology, s),
             "link_cost": cost,
             "resources": dict(s.resources),
             "dir": service_dir(topology, s),

@@ -34,8 +34,11 @@ DEFAULT_PORT = 8080
 DEFAULT_LINK_COST = 1.0
 # The pipeline name is also a Kubernetes namespace, so it must be a DNS label.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+                       r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$")
 # The machine every `ansible_connection: local` host runs on.
 CONTROLLER = "<controller>"
+CONTROLLER_CN = "hfl-controller"  # fl_pki's and fl_service's default controller_name
 
 
 # Host variables other than the pipeline's that build() reads (for callers that must copy them).
@@ -97,6 +100,8 @@ class Pipeline:
     insecure: bool = False
     # fl_service's example_cap_ratio of the aggregators; None: fl_service's default.
     example_cap_ratio: float | None = None
+    # CN of the controller's certificate (role fl_pki's variable): services let it /control.
+    pki_controller_name: str = CONTROLLER_CN
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,9 @@ def _pipeline(vars_, host, errors):
                 value = float(value)
         elif key in ("task", "data_dir", "state_dir") and not isinstance(value, str):
             bad = "must be a string"
+        elif key == "pki_controller_name" and not (isinstance(value, str)
+                                                   and _DNS_NAME.match(value)):
+            bad = "must be a DNS name (it is the controller certificate's name)"
         elif key in _APP_CHECKS:
             # These messages quote the offending part themselves (a map can be long).
             problem, value = _APP_CHECKS[key](value)

@@ -96,3 +96,16 @@ def test_the_example_cap_ratio_reaches_the_aggregators_only_when_set():
     assert s["ga"]["config"]["example_cap_ratio"] == 4.0
     assert s["la1"]["config"]["example_cap_ratio"] == 4.0
     assert "example_cap_ratio" not in s["c1"]["config"]
+
+
+def test_each_service_has_the_url_its_readers_use():
+    s = by_name(plan.make_plan(build()))
+    assert s["la1"]["url"] == "https://127.0.0.1:8081"
+    insecure = by_name(plan.make_plan(build(ga={"hfl_insecure": True})))
+    assert insecure["la1"]["url"] == "http://127.0.0.1:8081"
+
+
+def test_a_controller_named_otherwise_is_named_to_every_service():
+    assert not any("controller_name" in s["config"] for s in plan.make_plan(build())["services"])
+    p = plan.make_plan(build(ga={"hfl_pki_controller_name": "ops.example"}))
+    assert {s["config"]["controller_name"] for s in p["services"]} == {"ops.example"}

@@ -63,6 +63,8 @@ def test_link_cost_number_and_map():
          "host ga: hfl_example_cap_ratio: must be a number >= 1, got 0.5"),
         ({"ga": {"hfl_example_cap_ratio": "2"}},
          "host ga: hfl_example_cap_ratio: must be a number >= 1, got '2'"),
+        ({"ga": {"hfl_pki_controller_name": "a b"}},
+         "host ga: hfl_pki_controller_name: must be a DNS name"),
     ],
 )
 def test_each_mistake_is_one_line_naming_host_and_variable(overrides, expected):
