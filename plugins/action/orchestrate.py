@@ -137,15 +137,24 @@ class ActionModule(ActionBase):
         return fleet_of(self._topo)
 
     def _url(self, name, path):
-        s = self._topo.service(name)
-        return f"http://{s.address}:{s.port}{path}"
+        return plan.service_url(self._topo, self._topo.service(name)) + path
+
+    def _tls(self, ca_option="ca"):
+        """The GA's credentials on the GA's host (where this runs) as module options
+        (fl_status: ca, ansible.builtin.uri: ca_path), or {} for a pipeline with hfl_insecure."""
+        paths = plan.tls_paths(self._topo, self._topo.ga)
+        if not paths:
+            return {}
+        return {ca_option: paths["tls_ca"], "client_cert": paths["tls_cert"],
+                "client_key": paths["tls_key"]}
 
     def _observe(self, names):
         known = {s.name for s in self._topo.services}
         services = [{"name": n, "url": self._url(n, "/status")} for n in names if n in known]
         out = self._execute_module(
             module_name="hfl.orchestration.fl_status",
-            module_args=dict(services=services, timeout=self._args["status_timeout"]),
+            module_args=dict(services=services, timeout=self._args["status_timeout"],
+                             **self._tls()),
             task_vars=self._vars)
         if out.get("failed"):
             raise RuntimeError(f"fl_status failed: {out.get('msg')}")
@@ -200,7 +209,8 @@ class ActionModule(ActionBase):
         out = self._execute_module(
             module_name="ansible.builtin.uri",
             module_args=dict(url=self._url(self._topo.ga.name, "/control"), method="POST",
-                             body_format="json", body={"global_rounds": n}, timeout=10),
+                             body_format="json", body={"global_rounds": n}, timeout=10,
+                             **self._tls(ca_option="ca_path")),
             task_vars=self._vars)
         if not out.get("failed"):
             return
