@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -221,3 +225,26 @@ def stop_processes_under(folder):
     for pid in processes_mentioning(str(folder)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def pki_context(pki, name="controller"):
+    """A client context that trusts only the pipeline's CA (role fl_pki's folder ``pki``) and
+    presents ``name``'s certificate: "controller", a service's name, or None for none."""
+    pki = Path(pki)
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    if name is not None:
+        base = pki / ("controller" if name == "controller" else f"services/{name}")
+        context.load_cert_chain(f"{base}.crt", f"{base}.key")
+    return context
+
+
+def call(url, context=None, body=None, timeout=10):
+    """(HTTP status, JSON reply) of a GET, or a POST of the JSON ``body``, to a service."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")

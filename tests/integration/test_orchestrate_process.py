@@ -9,16 +9,16 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from hfl_helpers import (
     ROOT,
     ansible_env,
+    call,
     first_failure,
     free_ports,
     local_inventory,
+    pki_context,
     playbook,
     run_group,
     service_pids,
@@ -94,9 +94,11 @@ class Pipeline:
         return self.inventory / "hosts.yml"
 
     def status(self, service):
-        port = self.port(service)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
-            return json.loads(r.read())
+        """The service's /status, read with the controller's certificate."""
+        return call(self.url(service, "/status"), pki_context(self.state / "pki"))[1]
+
+    def url(self, service, path):
+        return f"https://127.0.0.1:{self.port(service)}{path}"
 
     def port(self, service):
         import yaml
@@ -207,15 +209,9 @@ def test_a_killed_la_has_its_clients_moved_and_training_goes_on(pipeline_factory
 def ga_takes_last_round(p):
     """Whether the GA accepts the orchestrator's stop message (it sets the bound it has)."""
     rounds = p.status("ga")["global_rounds"]
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{p.port('ga')}/control", method="POST",
-        data=json.dumps({"global_rounds": rounds}).encode(),
-        headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status == 200
-    except urllib.error.HTTPError:
-        return False
+    status, _ = call(p.url("ga", "/control"), pki_context(p.state / "pki"),
+                     {"global_rounds": rounds})
+    return status == 200
 
 
 def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):

@@ -1,8 +1,10 @@
 """Placement checks what it started: a service whose port another process holds (and answers
-HTTP 200 on, even claiming the service's name) is reported failed by place.yml, naming the
-service, the port and the service's own error, never "started"."""
+HTTP 200 on over mutual TLS with the service's own certificate, claiming its name) is reported
+failed by place.yml, naming the service, the port and the service's own error, never
+"started"."""
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,7 +37,14 @@ def test_a_service_that_cannot_bind_its_port_fails_placement(tmp_path) -> None:
     inventory = local_inventory(tmp_path, one_client, source=ROOT / "inventories" / "local-flat")
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
     port = hosts["hfl_cluster"]["children"]["cloud"]["hosts"]["ga"]["hfl_port"]
+    # The strongest impostor: it holds the GA's own key (the pipeline's credentials first).
+    made = playbook("pki.yml", inventory)
+    assert made.rc == 0, made.why()
+    pki = tmp_path / "controller" / "flat" / "pki"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "services" / "ga.crt", pki / "services" / "ga.key")
     holder = ThreadingHTTPServer(("127.0.0.1", port), Impostor)
+    holder.socket = context.wrap_socket(holder.socket, server_side=True)
     threading.Thread(target=holder.serve_forever, daemon=True).start()
     try:
         run = playbook("place.yml", inventory)
