@@ -24,13 +24,12 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import numpy as np
-from flwr.proto.recorddict_pb2 import ArrayRecord as ArrayRecordProto
 from numpy.lib import format as npy_format
 
 from fl_service.access import forbidden
@@ -48,8 +47,9 @@ Arrays = dict[str, np.ndarray]  # a model: state_dict names -> arrays, in state_
 # for byte what `array_record_to_proto(ArrayRecord(arrays)).SerializeToString()` produces
 # (tests/unit/fl_service/test_transport.py checks that). We write those bytes ourselves because
 # Flower's path copies each tensor six times (np.save, BytesIO, proto fields, serialization):
-# measured 6-40 ms per 4 MB model here, against one copy for the writer below. Reading uses
-# Flower's proto class, then views each array's npy payload without another copy.
+# measured 6-40 ms per 4 MB model here, against none for the writer below (a frame goes out
+# in pieces, frame_parts). The reader further down copies nothing either (decode_frame) or
+# reads each array off the socket once (read_frame).
 NPY_STYPE = "numpy.ndarray"  # flwr.app Array stype of np.save-format data
 
 
@@ -175,34 +175,140 @@ def encode_frame(header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None
 
 
 def decode_frame(frame: bytes) -> tuple[dict[str, Any], Arrays | None]:
-    """(header, arrays by name as read-only views, or None); ValueError on a malformed frame."""
-    if len(frame) < _HEADER_LEN.size:
+    """(header, arrays by name as read-only views of `frame`, or None); ValueError on a
+    malformed frame."""
+    return _read_frame(_Buffer(frame), len(frame))
+
+
+def read_frame(read: Callable[[int], bytes], length: int) -> tuple[dict[str, Any], Arrays | None]:
+    """decode_frame of a frame of `length` bytes still to be read with `read(n)` (an HTTP
+    response): each array's npy bytes are read into their own bytes object, the one copy
+    the model makes on its way in (a Flower Array holds its data as bytes)."""
+    return _read_frame(_Stream(read), length)
+
+
+def _read_frame(src: _Buffer | _Stream, length: int) -> tuple[dict[str, Any], Arrays | None]:
+    if length < _HEADER_LEN.size:
         raise ValueError("frame shorter than its length prefix")
-    (head_len,) = _HEADER_LEN.unpack_from(frame)
-    end = _HEADER_LEN.size + head_len
-    if end > len(frame):
+    (head_len,) = _HEADER_LEN.unpack(src.take(_HEADER_LEN.size))
+    if _HEADER_LEN.size + head_len > length:
         raise ValueError("frame header runs past the frame")
     try:
-        header = json.loads(frame[_HEADER_LEN.size : end])
+        header = json.loads(bytes(src.take(head_len)))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ValueError("frame header is not a JSON object")
-    if end == len(frame):
+    if src.pos == length:
         return header, None
-    proto = ArrayRecordProto()
     try:
-        proto.ParseFromString(memoryview(frame)[end:])
         arrays: Arrays = {}
-        for item in proto.items:
-            if item.value.stype != NPY_STYPE:
-                raise ValueError(f"array {item.key}: stype {item.value.stype!r}")
-            if item.key in arrays:
-                raise ValueError(f"array {item.key} twice")
-            arrays[item.key] = npy_view(item.value.data)
-    except Exception as exc:  # protobuf and numpy raise many kinds on garbage
+        for key, stype, data in _array_record(src, length):
+            if stype != NPY_STYPE:
+                raise ValueError(f"array {key}: stype {stype!r}")
+            if key in arrays:
+                raise ValueError(f"array {key} twice")
+            arrays[key] = npy_view(data)
+    except Exception as exc:  # numpy and the reader raise many kinds on garbage
         raise ValueError(f"frame model is not an ArrayRecord: {exc}") from None
     return header, arrays
+
+
+# The reading side of the ArrayRecord protobuf, by hand (the writer is _array_record_parts), so
+# that no array is copied twice: protobuf's parser copies every array out of the frame. From a
+# frame in memory (an aggregator's received update) the arrays are views of it; from a response
+# being read (a child's task) each array's npy bytes are read once, into their own object.
+# Fields are read by number whatever their order and unknown ones skipped, as protobuf does;
+# anything that does not parse is a ValueError.
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+class _Buffer:
+    """Frame bytes in memory; what is taken is a view of them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buf = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self.buf) - self.pos:
+            raise ValueError("frame ends inside a field")
+        self.pos += n
+        return self.buf[self.pos - n:self.pos]
+
+
+class _Stream:
+    """A body being read; what is taken is read into a new bytes object."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        data = self.read(n)
+        if len(data) != n:
+            raise ValueError("frame ends inside a field")
+        self.pos += n
+        return data
+
+
+def _read_varint(src: _Buffer | _Stream) -> int:
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = src.take(1)[0]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value
+    raise ValueError("varint over 64 bits")
+
+
+def _fields(src: _Buffer | _Stream, end: int) -> Iterator[tuple[int, int]]:
+    """(number, length) of each length-delimited field up to `end`, with `src` at its value,
+    which the caller takes whole; fields of other wire types are read past."""
+    while src.pos < end:
+        key = _read_varint(src)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == _LEN:
+            length = _read_varint(src)
+            if length > end - src.pos:
+                raise ValueError(f"field {number} runs past its message")
+            start = src.pos
+            yield number, length
+            if src.pos != start + length:
+                raise AssertionError("a length-delimited field was not taken whole")
+        elif wire == _VARINT:
+            _read_varint(src)
+        elif wire in (_I64, _I32):
+            src.take(8 if wire == _I64 else 4)
+        else:
+            raise ValueError(f"field {number}: wire type {wire}")
+        if src.pos > end:
+            raise ValueError(f"field {number} runs past its message")
+
+
+def _array_record(src: _Buffer | _Stream, end: int) -> Iterator[tuple[str, str, Any]]:
+    """(key, stype, npy data) of each ArrayRecord{items: [Item{key, value: Array}]} item."""
+    for number, length in _fields(src, end):
+        if number != 1:
+            src.take(length)
+            continue
+        key, stype, data = "", "", b""
+        for item_field, item_length in _fields(src, src.pos + length):
+            if item_field == 1:
+                key = str(src.take(item_length), "utf-8")
+            elif item_field == 2:
+                for array_field, array_length in _fields(src, src.pos + item_length):
+                    if array_field == 3:
+                        stype = str(src.take(array_length), "utf-8")
+                    elif array_field == 4:
+                        data = src.take(array_length)
+                    else:
+                        src.take(array_length)  # dtype and shape: the npy header says them
+            else:
+                src.take(item_length)
+        yield key, stype, data
 
 
 # ---------------------------------------------------------------- link byte counters
@@ -561,9 +667,11 @@ class ParentLink:
     def _exchange(
         self, method: str, path: str, body: bytes | list[bytes | memoryview],
         content_type: str, timeout: float,
-    ) -> tuple[int, str, bytes, int, int]:
+    ) -> tuple[int, str, Any, int, int]:
         """One request/response: (status, content type, body, bytes sent, bytes received).
-        A `body` given as pieces (frame_parts) is sent piece by piece, never joined."""
+        A `body` given as pieces (frame_parts) is sent piece by piece, never joined. A frame
+        answered with 200 comes back read (read_frame's (header, arrays)), any other body as
+        bytes; a frame that does not parse is a ValueError (the connection is closed)."""
         conn = self._connection(timeout)
         sent_before = conn.sent
         headers = {"Content-Type": content_type}
@@ -572,17 +680,26 @@ class ParentLink:
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
-            data = response.read()
+            content_type = response.getheader("Content-Type", "")
+            if (response.status == 200 and content_type == FRAME_TYPE
+                    and response.length is not None):
+                data: Any = read_frame(response.read, response.length)
+                if response.length:
+                    raise ValueError("frame ends before its body")
+            else:
+                data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ParentUnavailable(f"{self.peer}: {exc or type(exc).__name__}") from None
-        content_type = response.getheader("Content-Type", "")
+        except ValueError:
+            self.close()  # the rest of the body is still unread
+            raise
         return response.status, content_type, data, conn.sent - sent_before, response.counter.count
 
     def _request(
         self, method: str, path: str, body: bytes | list[bytes | memoryview],
         content_type: str, timeout: float,
-    ) -> tuple[int, str, bytes]:
+    ) -> tuple[int, str, Any]:
         status, ctype, data, sent, received = self._exchange(method, path, body, content_type,
                                                              timeout)
         self.links.add(self.peer, sent, received)
@@ -621,7 +738,7 @@ class ParentLink:
         if status != 200:
             raise ParentUnavailable(f"{self.peer}/fl/task: HTTP {status} {data[:200]!r}")
         if ctype == FRAME_TYPE:
-            header, arrays = decode_frame(data)
+            header, arrays = data  # read off the socket by _exchange
             if arrays is None:
                 raise ParentUnavailable(f"{self.peer}: task without a model")
             return header, arrays

@@ -1,6 +1,7 @@
 """The ClientApp runner (fl_service/flower_app.py) and the built-in app: one Context for the
 process, run_config fusion, node_config, error updates, legacy NumPyClient apps, bad paths."""
 
+import io
 import sys
 import textwrap
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from fl_service.config import KEYS, ConfigError
 from fl_service.flower_app import ClientRunner, array_record, ndarray_view
-from fl_service.transport import decode_frame, encode_frame
+from fl_service.transport import encode_frame, read_frame
 
 torch.set_num_threads(1)
 
@@ -240,7 +241,8 @@ def test_an_app_module_that_fails_to_import_is_a_config_error(tmp_path):
 
 
 def test_received_npy_bytes_reach_the_app_without_a_copy():
-    _, received = decode_frame(encode_frame({"task_id": "x"}, ARRAYS))
+    frame = encode_frame({"task_id": "x"}, ARRAYS)
+    _, received = read_frame(io.BytesIO(frame).read, len(frame))  # as a child reads its task
     record = array_record(received)
     for name, array in received.items():
         assert record[name].data is array.base.base  # the very bytes the frame reader made

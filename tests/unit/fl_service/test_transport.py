@@ -1,6 +1,7 @@
 """The wire protocol end to end over a real HTTP server on loopback: frames, tasks and the kinds
 of update, the four calls, byte counts at both ends, aborting a poll, TLS."""
 
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,9 @@ from fl_service.transport import (
     error_update,
     evaluate_update,
     frame_parts,
+    npy_header,
     parse_update,
+    read_frame,
     train_update,
 )
 
@@ -106,11 +109,54 @@ def test_bad_update_headers_are_invalid_with_a_reason(header, arrays, reason) ->
     assert reason in parse_update({"task_id": "t", **header}, arrays).invalid
 
 
-@pytest.mark.parametrize("frame", [b"", b"\x00\x00", b"\x00\x00\x00\xffabc",
-                                   b"\x00\x00\x00\x02[]", b"\x00\x00\x00\x02{}garbage!"])
-def test_malformed_frames_raise_value_error(frame: bytes) -> None:
+def read_from_stream(frame: bytes) -> tuple:
+    return read_frame(io.BytesIO(frame).read, len(frame))
+
+
+READERS = [decode_frame, read_from_stream]
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (numbers < 16, lengths < 2**14 here)."""
+    n = len(payload)
+    length = bytes([n]) if n < 128 else bytes([n & 0x7F | 0x80, n >> 7])
+    return bytes([number << 3 | 2]) + length + payload
+
+
+@pytest.mark.parametrize("read", READERS)
+def test_frames_are_read_whatever_the_field_order_skipping_unknown_fields(read) -> None:
+    # Protobuf writes fields in number order; a reader must not rely on it.
+    values = np.arange(3, dtype=np.int16)
+    data = npy_header(values) + values.tobytes()
+    array = field(4, data) + b"\x28\x07" + field(3, b"numpy.ndarray") + field(1, b"int16")
+    item = field(2, array) + field(9, b"later") + field(1, b"w")
+    frame = encode_frame({"k": 1}, None) + field(1, item) + b"\x10\x01"
+    header, arrays = read(frame)
+    assert header == {"k": 1} and list(arrays) == ["w"]
+    np.testing.assert_array_equal(arrays["w"], np.arange(3, dtype=np.int16))
+
+
+def test_a_frame_in_memory_is_read_as_views_of_it_and_a_streamed_one_once() -> None:
+    frame = encode_frame({}, MODEL)
+    _, in_memory = decode_frame(frame)
+    assert all(np.shares_memory(a, np.frombuffer(frame, np.uint8)) for a in in_memory.values())
+    _, streamed = read_from_stream(frame)
+    assert all(type(a.base.base) is bytes for a in streamed.values())  # npy bytes of its own
+    assert all(np.array_equal(streamed[k], MODEL[k]) for k in MODEL)
+
+
+@pytest.mark.parametrize("read", READERS)
+@pytest.mark.parametrize("frame", [
+    b"", b"\x00\x00", b"\x00\x00\x00\xffabc", b"\x00\x00\x00\x02[]",
+    b"\x00\x00\x00\x02{}garbage!",
+    b"\x00\x00\x00\x02{}\x0a\x7f",  # an item longer than the frame
+    b"\x00\x00\x00\x02{}\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # varint > 64 bits
+    b"\x00\x00\x00\x02{}\x0f",  # wire type 7
+    b"\x00\x00\x00\x02{}\x0a\x02\x12\x00",  # an item whose array has no npy stype
+])
+def test_malformed_frames_raise_value_error(read, frame: bytes) -> None:
     with pytest.raises(ValueError):
-        decode_frame(frame)
+        read(frame)
 
 
 class Aggregator:
