@@ -1,6 +1,6 @@
 """Per-round framework overhead of fl_service (flat and HFL) beside plain Flower 1.42 flat FL.
 
-    .venv/bin/python bench/round_overhead.py [--quick]
+    .venv/bin/python bench/round_overhead.py [--quick] [--mtls-only]
 
 Everything runs on loopback as real processes, with the ~1M-parameter CIFAR-10 CNN and one SGD
 step of local training (bench/overhead_task.py), so a round is almost all overhead.
@@ -14,6 +14,10 @@ first-call costs, are left out).
   and clients on a Flower ClientApp written as Flower users write them (bench/flower_app's
   `client_app`: a new model per message, `to_torch_state_dict`, `ArrayRecord(state_dict)`),
   so the second figure includes what Flower's Message API costs inside the app.
+- HFL with mutual TLS: the built-in HFL setup again, every service holding a certificate of a
+  throwaway CA (bench/throwaway_pki.py), so every link is mTLS as placed by default; its
+  overhead per local round beside plain HTTP's, and their ratio. `--mtls-only` runs just the
+  plain and mTLS HFL setups.
 - one client task in-process (no network, no other process): decode, the runner's call of the
   app, encode, minus training; for both apps, so the app's own share is seen apart from ours.
 - plain Flower: the same model, clients and training through flwr's legacy start_server /
@@ -47,10 +51,16 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import overhead_task  # noqa: E402
+from throwaway_pki import CONTROLLER_ROLE, ThrowawayCA  # noqa: E402
 
 from fl_service.config import load_config  # noqa: E402
 from fl_service.flower_app import ClientRunner  # noqa: E402
-from fl_service.transport import decode_frame, encode_frame, encode_task  # noqa: E402
+from fl_service.transport import (  # noqa: E402
+    client_context,
+    decode_frame,
+    encode_frame,
+    encode_task,
+)
 
 CLIENTS = 4
 LOCAL_ROUNDS = 2
@@ -74,9 +84,17 @@ def child_env() -> dict[str, str]:
 
 
 class Processes:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, ca: ThrowawayCA | None = None) -> None:
+        """With `ca`, every service gets a certificate of it (mutual TLS on every link) and
+        /status is read as the controller."""
         self.root = root
         self.procs: list[subprocess.Popen] = []
+        self.ca = ca
+        self.status_tls = None
+        if ca is not None:
+            files = ca.issue("hfl-controller", CONTROLLER_ROLE)
+            self.status_tls = client_context(files["tls_cert"], files["tls_key"],
+                                             files["tls_ca"])
 
     def start(self, args: list[str], log_name: str) -> subprocess.Popen:
         log = (self.root / f"{log_name}.log").open("ab")
@@ -88,7 +106,7 @@ class Processes:
     def service(self, role: str, name: str, **cfg: object) -> int:
         port = free_port()
         config = {"name": name, "port": port, "state_dir": str(self.root / name), **TRAINING,
-                  **cfg}
+                  **(self.ca.issue(name, role) if self.ca else {}), **cfg}
         path = self.root / f"{name}.yaml"
         path.write_text(json.dumps(config))  # JSON is YAML
         self.start([sys.executable, "-m", "fl_service", role, "--config", str(path)], name)
@@ -109,12 +127,14 @@ class Processes:
 
 def wait_finished(port: int, procs: Processes, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    scheme = "https" if procs.status_tls else "http"
     while time.monotonic() < deadline:
         dead = [p.args for p in procs.procs if p.poll() is not None]
         if dead:
             raise RuntimeError(f"a process exited early: {dead[0]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/status", timeout=5,
+                                        context=procs.status_tls) as r:
                 if json.loads(r.read())["state"] == "finished":
                     return
         except OSError:
@@ -158,9 +178,10 @@ def run_flat(root: Path, rounds: int) -> list[dict]:
 CLIENT_APP = {"app_dir": str(BENCH / "flower_app"), "client_app": "flower_bench_app:client_app"}
 
 
-def run_hfl(root: Path, rounds: int, folder: str = "hfl",
-            client: dict | None = None) -> tuple[list[dict], list[dict]]:
-    procs = Processes(root / folder)
+def run_hfl(root: Path, rounds: int, folder: str = "hfl", client: dict | None = None,
+            ca: ThrowawayCA | None = None) -> tuple[list[dict], list[dict]]:
+    """GA + 2 LAs x 2 clients; with `ca`, mutual TLS on every link."""
+    procs = Processes(root / folder, ca)
     procs.root.mkdir()
     try:
         ga = procs.service("global_aggregator", "ga", global_rounds=rounds, min_participants=2,
@@ -261,6 +282,42 @@ def steady(values: list[float]) -> float:
     return statistics.median(values[WARMUP:] if len(values) > WARMUP else values)
 
 
+def per_local_round(ga_lines: list[dict]) -> list[float]:
+    """An HFL run's overhead per local round, one value per global round."""
+    return [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in ga_lines]
+
+
+def run_mtls(root: Path, rounds: int) -> list[float]:
+    """The built-in HFL setup with mutual TLS on every link; its per_local_round."""
+    ga_lines, _ = run_hfl(root, rounds, "hfl_mtls", ca=ThrowawayCA(root / "pki"))
+    return per_local_round(ga_lines)
+
+
+def mtls_figures(plain_over: list[float], mtls_over: list[float]) -> dict[str, float]:
+    """Print mTLS beside plain HTTP (the same HFL setup); their figures for the JSON line."""
+    plain_s, mtls_s = steady(plain_over), steady(mtls_over)
+    print(f"HFL with mutual TLS on every link ({len(mtls_over)} global x {LOCAL_ROUNDS} local): "
+          f"overhead per local round {mtls_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
+          f"{' '.join(f'{x:.3f}' for x in mtls_over)}); plain HTTP {plain_s:.4f} s: "
+          f"{mtls_s - plain_s:+.4f} s, {mtls_s / plain_s:.2f}x")
+    return {"mtls_overhead_s_per_local_round": round(mtls_s, 4),
+            "mtls_to_plain_ratio": round(mtls_s / plain_s, 3)}
+
+
+def main_mtls_only(hfl_rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
+        root = Path(tmp)
+        plain, _ = run_hfl(root, hfl_rounds)
+        mtls_over = run_mtls(root, hfl_rounds)
+    plain_over = per_local_round(plain)
+    print(f"HFL plain HTTP ({len(plain)} global x {LOCAL_ROUNDS} local): overhead per local "
+          f"round {steady(plain_over):.4f} s (per global round / {LOCAL_ROUNDS}: "
+          f"{' '.join(f'{x:.3f}' for x in plain_over)})")
+    figures = mtls_figures(plain_over, mtls_over)
+    print(json.dumps({"hfl_overhead_s_per_local_round": round(steady(plain_over), 4),
+                      **figures}))
+
+
 def serialization_costs(arrays: dict[str, np.ndarray], repeat: int = 9) -> tuple[float, float]:
     """(encode, decode) seconds of one model frame, best of `repeat`."""
     enc, dec = [], []
@@ -326,8 +383,13 @@ def _loopback_once(payload: int = 8 << 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument("--mtls-only", action="store_true",
+                        help="only the HFL setup with plain HTTP and with mutual TLS")
     args = parser.parse_args()
     flat_rounds, hfl_rounds = (6, 5) if args.quick else (12, 8)
+    if args.mtls_only:
+        main_mtls_only(hfl_rounds)
+        return
 
     model = overhead_task.load_model(TRAINING)
     arrays = {k: t.detach().numpy().copy() for k, t in model.state_dict().items()}
@@ -347,10 +409,11 @@ def main() -> None:
         flat = run_flat(root, flat_rounds)
         flat_over = [r["wall_time_s"] - r["train_time_s"] for r in flat]
         hfl, la0 = run_hfl(root, hfl_rounds)
-        hfl_over = [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in hfl]
+        hfl_over = per_local_round(hfl)
         la_over = [r["wall_time_s"] - r["train_time_s"] for r in la0]
+        mtls_over = run_mtls(root, hfl_rounds)
         app_hfl, app_la0 = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
-        app_over = [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in app_hfl]
+        app_over = per_local_round(app_hfl)
         legacy = run_flower_legacy(root, flat_rounds)
         legacy_over = [r["wall_time_s"] - r["train_time_s"] for r in legacy]
         try:
@@ -367,6 +430,7 @@ def main() -> None:
           f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
           f"{steady(la_over):.4f} s")
+    mtls = mtls_figures(hfl_over, mtls_over)
     print(f"HFL with a Flower ClientApp ({len(app_hfl)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {steady(app_over):.4f} s (per global round / "
           f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
@@ -407,6 +471,7 @@ def main() -> None:
     print(f"  (not in the round: the GA's central evaluation between rounds, {between:.4f} s, "
           f"and its checkpoint; Flower's figure leaves its evaluate phase out the same way)")
     print(json.dumps({"hfl_overhead_s_per_local_round": round(hfl_s, 4),
+                      **mtls,
                       "client_app_overhead_s_per_local_round": round(steady(app_over), 4),
                       "builtin_call_overhead_s": round(builtin_call_s, 4),
                       "client_app_call_overhead_s": round(app_call_s, 4),
