@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ from throwaway_pki import CONTROLLER_ROLE, ThrowawayCA  # noqa: E402
 
 from fl_service.config import load_config  # noqa: E402
 from fl_service.flower_app import ClientRunner  # noqa: E402
+from fl_service.http_server import server_context  # noqa: E402
 from fl_service.transport import (  # noqa: E402
     client_context,
     decode_frame,
@@ -63,7 +65,11 @@ from fl_service.transport import (  # noqa: E402
 )
 
 CLIENTS = 4
+LAS = 2  # HFL: the clients split evenly between this many LAs
 LOCAL_ROUNDS = 2
+# Model frames an HFL local round moves: a task to and an update from every client, and once per
+# global round a task to and an update from every LA.
+FRAMES_PER_LOCAL_ROUND = 2 * CLIENTS + 2 * LAS / LOCAL_ROUNDS
 WARMUP = 2
 TRAINING = {"task": "overhead_task", "seed": 0, "batch_size": 16, "learning_rate": 0.01,
             "threads": 1}
@@ -184,13 +190,13 @@ def run_hfl(root: Path, rounds: int, folder: str = "hfl", client: dict | None = 
     procs = Processes(root / folder, ca)
     procs.root.mkdir()
     try:
-        ga = procs.service("global_aggregator", "ga", global_rounds=rounds, min_participants=2,
+        ga = procs.service("global_aggregator", "ga", global_rounds=rounds, min_participants=LAS,
                            round_timeout_s=120)
         las = [procs.service("local_aggregator", f"la{j}", parent=f"127.0.0.1:{ga}",
                              local_rounds=LOCAL_ROUNDS, min_participants=2, round_timeout_s=60)
-               for j in range(2)]
+               for j in range(LAS)]
         for i in range(CLIENTS):
-            procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // 2]}",
+            procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // (CLIENTS // LAS)]}",
                           **(client or {}))
         wait_finished(ga, procs, timeout=60 + 30 * rounds)
         la_lines = read_results(procs.root / "la0" / "results.jsonl")
@@ -287,33 +293,43 @@ def per_local_round(ga_lines: list[dict]) -> list[float]:
     return [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in ga_lines]
 
 
-def run_mtls(root: Path, rounds: int) -> list[float]:
-    """The built-in HFL setup with mutual TLS on every link; its per_local_round."""
-    ga_lines, _ = run_hfl(root, rounds, "hfl_mtls", ca=ThrowawayCA(root / "pki"))
-    return per_local_round(ga_lines)
+def run_mtls(root: Path, rounds: int, frame_bytes: int) -> tuple[list[float], float]:
+    """The built-in HFL setup with mutual TLS on every link: its per_local_round, and what
+    mutual TLS costs one frame of `frame_bytes` in CPU (tls_cpu_per_frame)."""
+    ca = ThrowawayCA(root / "pki")
+    frame_cpu_s = tls_cpu_per_frame(ca, frame_bytes)
+    ga_lines, _ = run_hfl(root, rounds, "hfl_mtls", ca=ca)
+    return per_local_round(ga_lines), frame_cpu_s
 
 
-def mtls_figures(plain_over: list[float], mtls_over: list[float]) -> dict[str, float]:
-    """Print mTLS beside plain HTTP (the same HFL setup); their figures for the JSON line."""
+def mtls_figures(plain_over: list[float], mtls_over: list[float], frame_cpu_s: float
+                 ) -> dict[str, float]:
+    """Print mTLS beside plain HTTP (the same HFL setup) and where the difference goes; their
+    figures for the JSON line."""
     plain_s, mtls_s = steady(plain_over), steady(mtls_over)
     print(f"HFL with mutual TLS on every link ({len(mtls_over)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {mtls_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in mtls_over)}); plain HTTP {plain_s:.4f} s: "
           f"{mtls_s - plain_s:+.4f} s, {mtls_s / plain_s:.2f}x")
+    print(f"  mutual TLS costs {frame_cpu_s * 1000:.1f} ms CPU per model frame (encryption and "
+          f"decryption, both ends, in-process; {ssl.OPENSSL_VERSION}); a local round moves "
+          f"{FRAMES_PER_LOCAL_ROUND:g} frames: {FRAMES_PER_LOCAL_ROUND * frame_cpu_s:.3f} s CPU "
+          f"on {os.cpu_count()} cores")
     return {"mtls_overhead_s_per_local_round": round(mtls_s, 4),
-            "mtls_to_plain_ratio": round(mtls_s / plain_s, 3)}
+            "mtls_to_plain_ratio": round(mtls_s / plain_s, 3),
+            "mtls_cpu_s_per_frame": round(frame_cpu_s, 4)}
 
 
-def main_mtls_only(hfl_rounds: int) -> None:
+def main_mtls_only(hfl_rounds: int, frame_bytes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
         root = Path(tmp)
         plain, _ = run_hfl(root, hfl_rounds)
-        mtls_over = run_mtls(root, hfl_rounds)
+        mtls_over, frame_cpu_s = run_mtls(root, hfl_rounds, frame_bytes)
     plain_over = per_local_round(plain)
     print(f"HFL plain HTTP ({len(plain)} global x {LOCAL_ROUNDS} local): overhead per local "
           f"round {steady(plain_over):.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in plain_over)})")
-    figures = mtls_figures(plain_over, mtls_over)
+    figures = mtls_figures(plain_over, mtls_over, frame_cpu_s)
     print(json.dumps({"hfl_overhead_s_per_local_round": round(steady(plain_over), 4),
                       **figures}))
 
@@ -356,28 +372,55 @@ def client_call_overhead(root: Path, arrays: dict[str, np.ndarray], client: dict
 
 def loopback_seconds_per_byte(repeat: int = 3) -> float:
     """Raw TCP loopback transfer time per byte (best of `repeat`): a floor for transfer cost."""
-    return min(_loopback_once() for _ in range(repeat))
+    payload = 8 << 20
+    return min(_loopback_once(payload)[0] for _ in range(repeat)) / payload
 
 
-def _loopback_once(payload: int = 8 << 20) -> float:
+def tls_cpu_per_frame(ca: ThrowawayCA, frame_bytes: int, repeat: int = 7) -> float:
+    """The CPU seconds one frame of `frame_bytes` costs over a mutual-TLS loopback connection
+    beyond plain TCP, both ends together (median of `repeat`): its records' encryption and
+    decryption. Measured as CPU time, so the machine's other work does not count."""
+    server_files, client_files = ca.issue("bench-server", "global_aggregator"), ca.issue(
+        "bench-client", "client")
+    tls = (server_context(server_files["tls_cert"], server_files["tls_key"],
+                          server_files["tls_ca"]),
+           client_context(client_files["tls_cert"], client_files["tls_key"],
+                          client_files["tls_ca"]))
+    plain = statistics.median(_loopback_once(frame_bytes)[1] for _ in range(repeat))
+    return statistics.median(_loopback_once(frame_bytes, tls)[1] for _ in range(repeat)) - plain
+
+
+def _loopback_once(payload: int, tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None
+                   ) -> tuple[float, float]:
+    """(wall, this process's CPU) seconds to send `payload` bytes over a fresh loopback
+    connection, with `tls` = (server context, client context) over mutual TLS."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     sender = socket.create_connection(server.getsockname())
     receiver, _ = server.accept()
+    if tls is not None:  # both handshakes at once: each side waits for the other
+        wrapped: list[ssl.SSLSocket] = []
+        handshake = threading.Thread(target=lambda: wrapped.append(
+            tls[0].wrap_socket(receiver, server_side=True)))
+        handshake.start()
+        sender = tls[1].wrap_socket(sender, server_hostname="127.0.0.1")
+        handshake.join()
+        receiver = wrapped[0]
     data = bytes(payload)
     buffer = bytearray(1 << 20)
     thread = threading.Thread(target=sender.sendall, args=(data,))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     thread.start()
     got = 0
     while got < payload:
         got += receiver.recv_into(buffer)
     elapsed = time.perf_counter() - t0
-    thread.join()
+    thread.join()  # the sender's CPU counts too
+    cpu = time.process_time() - cpu0
     for s in (sender, receiver, server):
         s.close()
-    return elapsed / payload
+    return elapsed, cpu
 
 
 def main() -> None:
@@ -387,14 +430,14 @@ def main() -> None:
                         help="only the HFL setup with plain HTTP and with mutual TLS")
     args = parser.parse_args()
     flat_rounds, hfl_rounds = (6, 5) if args.quick else (12, 8)
-    if args.mtls_only:
-        main_mtls_only(hfl_rounds)
-        return
 
     model = overhead_task.load_model(TRAINING)
     arrays = {k: t.detach().numpy().copy() for k, t in model.state_dict().items()}
     params = sum(p.numel() for p in model.parameters())
     model_bytes = sum(a.nbytes for a in arrays.values())
+    if args.mtls_only:
+        main_mtls_only(hfl_rounds, len(encode_frame({}, arrays)))
+        return
     print(f"model: {params} parameters, {model_bytes / 1e6:.2f} MB float32; "
           f"{CLIENTS} clients, 1 SGD step of {overhead_task.EXAMPLES} images per round")
 
@@ -411,7 +454,7 @@ def main() -> None:
         hfl, la0 = run_hfl(root, hfl_rounds)
         hfl_over = per_local_round(hfl)
         la_over = [r["wall_time_s"] - r["train_time_s"] for r in la0]
-        mtls_over = run_mtls(root, hfl_rounds)
+        mtls_over, frame_cpu_s = run_mtls(root, hfl_rounds, len(encode_frame({}, arrays)))
         app_hfl, app_la0 = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
         app_over = per_local_round(app_hfl)
         legacy = run_flower_legacy(root, flat_rounds)
@@ -430,7 +473,7 @@ def main() -> None:
           f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
           f"{steady(la_over):.4f} s")
-    mtls = mtls_figures(hfl_over, mtls_over)
+    mtls = mtls_figures(hfl_over, mtls_over, frame_cpu_s)
     print(f"HFL with a Flower ClientApp ({len(app_hfl)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {steady(app_over):.4f} s (per global round / "
           f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
