@@ -238,11 +238,14 @@ def pki_context(pki, name="controller"):
     return context
 
 
-def call(url, context=None, body=None, timeout=10):
-    """(HTTP status, JSON reply) of a GET, or a POST of the JSON ``body``, to a service."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+def call(url, context=None, body=None, timeout=10, method=None,
+         content_type="application/json"):
+    """(HTTP status, JSON reply) of a request to a service: a GET, or a POST of ``body`` (a
+    JSON-able value, or bytes sent as they are); ``method`` overrides the choice."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data,
+                                     method=method or ("GET" if body is None else "POST"),
+                                     headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, json.loads(response.read() or b"null")

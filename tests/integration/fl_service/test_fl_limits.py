@@ -49,6 +49,24 @@ def read_reply(sock: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode(errors="replace")
 
 
+def post_huge(port: int, tls: ssl.SSLContext) -> tuple[str, int]:
+    """POST a HUGE update to the service on `port` as `tls`: (its reply, which comes before a
+    single body byte is sent, and how many body bytes went out before it closed)."""
+    sent = 0
+    with connect(port, tls) as sock:
+        sock.sendall(b"POST /fl/update HTTP/1.1\r\nHost: ga\r\nContent-Type: "
+                     b"application/x-hfl-frame\r\nContent-Length: %d\r\n\r\n" % HUGE)
+        reply = read_reply(sock)
+        chunk = b"\0" * (1 << 20)
+        try:
+            while sent < HUGE:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+    return reply, sent
+
+
 def trained_pipeline(pipeline: Pipeline, rounds: int) -> Service:
     ga = pipeline.add("ga", "ga", global_rounds=rounds, min_participants=2, round_timeout_s=30,
                       **TRAINING)
@@ -64,18 +82,7 @@ def test_a_300_mb_update_is_refused_without_the_ga_growing(tls_pipeline: Pipelin
     pipeline.wait_for("ga", finished, "finished run")  # the GA has handed out its model
     mallory = pipeline.identity("mallory", "client")
     before = rss_bytes(ga)
-    sent = 0
-    with connect(ga.port, mallory) as sock:
-        sock.sendall(b"POST /fl/update HTTP/1.1\r\nHost: ga\r\nContent-Type: "
-                     b"application/x-hfl-frame\r\nContent-Length: %d\r\n\r\n" % HUGE)
-        reply = read_reply(sock)  # answered before a single body byte is sent
-        chunk = b"\0" * (1 << 20)
-        try:
-            while sent < HUGE:
-                sock.sendall(chunk)
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
+    reply, sent = post_huge(ga.port, mallory)
     assert reply.startswith("HTTP/1.1 413 ") and "Connection: close" in reply
     assert f"Content-Length {HUGE} is over the limit of" in reply
     assert sent < HUGE  # the GA closed the connection instead of reading

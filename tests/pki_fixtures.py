@@ -1,5 +1,5 @@
 """A pipeline's credentials made in-process (cryptography), in role fl_pki's layout: ca.crt and
-ca.key, services/<name>.crt and .key, controller.crt and .key. Unit tests use them where a real
+ca.key, services/<name>.crt and .key, controller.crt and .key. Tests use them where a real
 certificate is needed without running Ansible."""
 
 from __future__ import annotations
@@ -96,3 +96,17 @@ def write_pki(folder, services, ca=None):
         write_key(folder / f"{base}.key", key)
         (folder / f"{base}.crt").write_bytes(pem(cert))
     return folder
+
+
+def issue_from(pki, name, role, folder):
+    """A certificate for ``name`` in ``role`` (server and client), signed by the CA of role
+    fl_pki's folder ``pki``: a client of the pipeline that the plan does not have. Returns the
+    paths of its certificate and key, written to ``folder``."""
+    pki, folder = Path(pki), Path(folder)
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    key, cert = issue(ca_key, ca_cert, name, role, [name, "127.0.0.1"])
+    folder.mkdir(parents=True, exist_ok=True)
+    write_key(folder / f"{name}.key", key)
+    (folder / f"{name}.crt").write_bytes(pem(cert))
+    return folder / f"{name}.crt", folder / f"{name}.key"
