@@ -174,11 +174,11 @@ def _resources(service):
     return {"requests": wanted, "limits": dict(wanted)} if wanted else {}
 
 
-def _probe(initial_delay, period, failures, scheme):
+def _probe(port, initial_delay, period, failures, scheme):
     # With TLS the kubelet connects without a certificate and does not verify the service's:
     # fl_service answers such a /status with a bare "alive" (docs/security.md).
     return {
-        "httpGet": {"path": "/status", "port": "http", "scheme": scheme},
+        "httpGet": {"path": "/status", "port": port, "scheme": scheme},
         "initialDelaySeconds": initial_delay,
         "periodSeconds": period,
         "timeoutSeconds": 5,
@@ -244,12 +244,6 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths, app
         volumes.append({"name": "app", "hostPath": {"path": app["node_dir"],
                                                     "type": "Directory"}})
         annotations[APP_SHA] = app["digest"]
-    port = {"name": "http", "containerPort": service["port"], "protocol": "TCP"}
-    if service["role"] != "client":
-        # hostPort: the plan's address:port (the inventory host's) reaches an aggregator on
-        # every runtime, for children elsewhere and for status reads and control. Clients
-        # serve nobody: no port of theirs leaves the pod.
-        port["hostPort"] = service["port"]
     scheme = "HTTP" if tls_digest is None else "HTTPS"
     container = {
         "name": "fl-service",
@@ -257,11 +251,16 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths, app
         "imagePullPolicy": "IfNotPresent",
         "command": [python, "-m", "fl_service", service["role"],
                     "--config", CONFIG_FILE],
-        "ports": [port],
+        # hostPort: the plan's address:port (the inventory host's) reaches an aggregator on
+        # every runtime, for children elsewhere and for status reads and control. Clients
+        # serve nobody and declare no port: podman before 5.0 publishes every containerPort
+        # on the host, hostPort or not.
+        "ports": [{"name": "http", "containerPort": service["port"],
+                   "hostPort": service["port"], "protocol": "TCP"}],
         # Readiness gates the Service; liveness is lenient: a client busy training still
         # answers /status from its HTTP thread, and a restart costs a round.
-        "readinessProbe": _probe(2, 5, 3, scheme),
-        "livenessProbe": _probe(30, 20, 6, scheme),
+        "readinessProbe": _probe(service["port"], 2, 5, 3, scheme),
+        "livenessProbe": _probe(service["port"], 30, 20, 6, scheme),
         "resources": _resources(service),
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
@@ -269,6 +268,8 @@ def _deployment(ns, service, labels, config_text, image, python, host_paths, app
     }
     if not container["resources"]:
         del container["resources"]
+    if service["role"] == "client":
+        del container["ports"]
     selector = {INSTANCE: labels[INSTANCE], PIPELINE: labels[PIPELINE]}
     return {
         "apiVersion": "apps/v1",

@@ -110,9 +110,8 @@ def test_hfl_tutorial_objects_pin_each_service_to_its_host():
         pod = deployments[manifests.dns_name(s["name"])]["spec"]["template"]["spec"]
         assert pod["nodeSelector"] == {"kubernetes.io/hostname": s["host"]}
         (container,) = pod["containers"]
-        assert container["ports"][0]["containerPort"] == s["port"]
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/status", "port": "http",
+            assert container[probe]["httpGet"] == {"path": "/status", "port": s["port"],
                                                    "scheme": "HTTPS"}
         wanted = {k: str(v) for k, v in s["resources"].items()}
         assert container.get("resources", {}).get("limits", {}) == wanted
