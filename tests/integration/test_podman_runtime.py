@@ -1,7 +1,10 @@
 """site.yml with hfl_runtime: podman: 1 GA, 2 LAs, 4 clients on digits as pods played from the
-same manifests k3s applies. It trains to accuracy >= 0.90, a second run changes nothing and
-restarts no container, a GA pod that dies resumes from its checkpoint volume when placed again,
-and reset.yml leaves no pod, container, volume or network behind.
+same manifests k3s applies, with mutual TLS (the default). It trains to accuracy >= 0.90, a
+second run changes nothing and restarts no container, a GA pod that dies resumes from its
+checkpoint volume when placed again, and reset.yml leaves no pod, container, volume, secret or
+network behind. Every service runs as user 10001 with no capabilities, no privilege escalation
+and a seccomp filter; clients publish no port; no private key shows in the output or the
+manifests kept on the controller.
 
 The image: the fleet image (Containerfile) needs a registry and a package index, which CI does
 not have. So the pods run a bare base image (a root of symlinks into /usr, imported in 0.1 s)
@@ -17,13 +20,13 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import manifests
-from hfl_helpers import ROOT, local_inventory, playbook
+from hfl_helpers import ROOT, call, local_inventory, pki_context, playbook
 
 pytestmark = [pytest.mark.integration, pytest.mark.podman]
 
@@ -66,9 +69,27 @@ def host_paths():
     return paths
 
 
-def status(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
-        return json.load(r)
+def status(port, pki):
+    """A service's /status over mutual TLS, as the controller reads it (its certificate)."""
+    code, doc = call(f"https://127.0.0.1:{port}/status", pki_context(pki))
+    assert code == 200, (port, code, doc)
+    return doc
+
+
+def credentials(pki, plan):
+    """role fl_pki's files as placement reads them for manifests.render."""
+    names = [s["name"] for s in plan["services"]]
+    return {"ca": (pki / "ca.crt").read_text(),
+            "certs": {n: (pki / "services" / f"{n}.crt").read_text() for n in names},
+            "keys": {n: (pki / "services" / f"{n}.key").read_text() for n in names}}
+
+
+def process_status(env, container):
+    """Uid, CapEff, NoNewPrivs and Seccomp of the container's main process, read on the host."""
+    pid = podman(env, "inspect", "--format", "{{.State.Pid}}", container).strip()
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines())
+    return {k: fields[k].split() for k in ("Uid", "CapEff", "NoNewPrivs", "Seccomp")}
 
 
 def started_at(env):
@@ -109,17 +130,28 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["hfl_cluster"]["children"]
     ports = {h: v["hfl_port"] for tier in hosts.values() for h, v in tier["hosts"].items()}
     pipeline_dir = tmp_path / "controller" / pipeline
+    pki = pipeline_dir / "pki"
 
     t0 = time.monotonic()
     first = playbook("site.yml", inventory, env=env)
     t1 = time.monotonic()
     assert first.rc == 0, first.why()
-    ga = status(ports["ga"])
+    ga = status(ports["ga"], pki)
     assert ga["state"] == "finished" and ga["global_round"] == 6
     assert ga["last_metrics"]["accuracy"] >= 0.90
-    # Children found their parents by Service name on the pipeline's network.
+    # Children found their parents by Service name on the pipeline's network, over mutual TLS.
     assert sorted(ga["children"]) == ["la1", "la2"]
-    assert sorted(status(ports["la1"])["children"]) == ["c1", "c2"]
+    assert sorted(status(ports["la1"], pki)["children"]) == ["c1", "c2"]
+
+    # Hardened pods: the image's user, no capabilities, no privilege escalation, a seccomp
+    # filter; only aggregators publish a port on the host.
+    for name in ports:
+        assert process_status(env, f"{name}-pod-0-fl-service") == {
+            "Uid": ["10001"] * 4, "CapEff": ["0000000000000000"], "NoNewPrivs": ["1"],
+            "Seccomp": ["2"]}, name
+        published = json.loads(podman(env, "pod", "inspect", "--format",
+                                      "{{json .InfraConfig.PortBindings}}", f"{name}-pod-0"))
+        assert bool(published) == (not name.startswith("c")), (name, published)
     results = [json.loads(x) for x in (pipeline_dir / "results/ga.jsonl").read_text().split("\n")
                if x]
     assert results[-1]["accuracy"] >= 0.90
@@ -129,8 +161,11 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     # played is one of its documents, byte for byte (what k3s applies is that same text).
     plan = json.loads((pipeline_dir / "plan.json").read_text())
     rendered = (pipeline_dir / "manifests.yaml").read_text()
+    creds = credentials(pki, plan)
     assert rendered == manifests.render(plan, image=IMAGE, python=str(ROOT / ".venv/bin/python"),
-                                        host_paths=host_paths())
+                                        host_paths=host_paths(), tls=creds)
+    for key in creds["keys"].values():
+        assert key.splitlines()[1] not in rendered + first.output
     documents = {raw for raw, _ in manifests.documents(rendered)}
     units = sorted((tmp_path / "units" / pipeline).glob("*.yaml"))
     assert [u.stem for u in units] == sorted(ports)
@@ -151,7 +186,7 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     podman(env, "pod", "rm", "--force", "ga-pod-0")
     replace = playbook("place.yml", inventory, env=env)
     assert replace.rc == 0, replace.why()
-    resumed = status(ports["ga"])
+    resumed = status(ports["ga"], pki)
     assert resumed["global_round"] == 6 and resumed["state"] == "finished"
     restarted = {line.split()[0] for line in started_at(env) - before}
     assert restarted == {"ga-pod-0-fl-service"}
@@ -168,4 +203,5 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     assert podman(env, "ps", "--all", "--quiet") == ""
     assert podman(env, "pod", "ps", "--quiet") == ""
     assert podman(env, "volume", "ls", "--quiet") == ""
+    assert podman(env, "secret", "ls", "--quiet") == ""
     assert f"hfl-{pipeline}" not in podman(env, "network", "ls", "--format", "{{.Name}}")
