@@ -1,9 +1,14 @@
-"""Fixtures of the integration tests: fleets of SSH hosts (see fleet.py)."""
+"""Fixtures of the integration tests: fleets of SSH hosts (see fleet.py), a folder for a
+test's Prometheus."""
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from fleet import Fleet
+from hfl_helpers import stop_processes_under
 
 
 @pytest.fixture
@@ -21,3 +26,14 @@ def fleet_factory(tmp_path):
     yield make
     for f in fleets:
         f.remove()
+
+
+@pytest.fixture
+def prometheus_dir():
+    """hfl_prometheus_dir for a test: a folder the prometheus user can reach (pytest's tmp
+    folders are root's alone); whatever runs from it is stopped afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="hfl-prometheus-"))
+    folder.chmod(0o755)
+    yield folder
+    stop_processes_under(folder)
+    shutil.rmtree(folder, ignore_errors=True)

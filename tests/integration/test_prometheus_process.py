@@ -5,14 +5,6 @@ cost; a re-run changes nothing; reset.yml stops it and removes its folder."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-import time
-import urllib.parse
-import urllib.request
-from pathlib import Path
-
 import pytest
 from hfl_helpers import (
     free_ports,
@@ -21,42 +13,16 @@ from hfl_helpers import (
     processes_mentioning,
     stop_processes_under,
 )
+from prometheus_api import by_label, poll, query
 
 pytestmark = pytest.mark.integration
 SERVICES = {"ga", "la1", "la2", "c1", "c2", "c3", "c4"}
 LINKS = {("c1", "la1"), ("c2", "la1"), ("c3", "la2"), ("c4", "la2"), ("la1", "ga"), ("la2", "ga")}
 
 
-@pytest.fixture
-def prometheus_dir():
-    """A folder the prometheus user can reach (pytest's own tmp folders are root's alone)."""
-    folder = Path(tempfile.mkdtemp(prefix="hfl-prometheus-"))
-    folder.chmod(0o755)
-    yield folder
-    stop_processes_under(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def query(port, promql):
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)["data"]["result"]
-
-
-def poll(what, read, done, timeout=90):
-    """read() until done(value), within timeout seconds; the last value otherwise fails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s; last: {value}")
-        time.sleep(0.5)
-
-
 def test_prometheus_scrapes_every_service_of_a_running_pipeline(tmp_path, prometheus_dir):
     port, = free_ports(1)
+    base = f"http://127.0.0.1:{port}"
     inventory = local_inventory(tmp_path, lambda tiers, cv: cv.update(
         hfl_prometheus=True, hfl_prometheus_dir=str(prometheus_dir),
         hfl_prometheus_port=port, hfl_prometheus_scrape_interval="1s"))
@@ -67,23 +33,21 @@ def test_prometheus_scrapes_every_service_of_a_running_pipeline(tmp_path, promet
         assert (home / "tls" / "controller.key").stat().st_mode & 0o777 == 0o600
 
         # Every service's global round, as Prometheus scraped it over mutual TLS.
-        rounds = poll("global round 10 from every service",
-                      lambda: {r["metric"]["service"]: r for r in query(port, "hfl_global_round")},
-                      lambda got: set(got) == SERVICES
-                      and all(r["value"][1] == "10" for r in got.values()))
-        assert rounds["la2"]["metric"] | {"instance": "-"} == {
+        poll("global round 10 from every service",
+             lambda: by_label(query(base, "hfl_global_round"), "service"),
+             lambda got: got == dict.fromkeys(SERVICES, "10"))
+        (la2,) = query(base, 'hfl_global_round{service="la2"}')
+        assert la2["metric"] | {"instance": "-"} == {
             "__name__": "hfl_global_round", "job": "hfl-demo", "instance": "-",
             "pipeline": "demo", "service": "la2", "role": "local_aggregator", "tier": "fog",
             "host": "la2"}
-        up = query(port, "up")
-        assert {r["metric"]["service"]: r["value"][1] for r in up} == dict.fromkeys(SERVICES,
-                                                                                    "1")
+        assert by_label(query(base, "up"), "service") == dict.fromkeys(SERVICES, "1")
         # The rules loaded and record what the pipeline carried.
-        links = poll("bytes on every link", lambda: query(port, "hfl:link_bytes"),
+        links = poll("bytes on every link", lambda: query(base, "hfl:link_bytes"),
                      lambda got: len(got) == len(LINKS))
         assert {(r["metric"]["child"], r["metric"]["parent"]) for r in links} == LINKS
         assert all(float(r["value"][1]) > 1e6 for r in links)  # ten rounds of a model each
-        (cost,) = query(port, "hfl:cost_units")
+        (cost,) = query(base, "hfl:cost_units")
         assert float(cost["value"][1]) > 0
 
         again = playbook("prometheus.yml", inventory)
