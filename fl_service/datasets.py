@@ -5,9 +5,9 @@ fl_service config table) and returns `(train_dataset, test_dataset)`; labels are
 The test split is fixed (the same for every role, whatever `seed` says): the GA evaluates on it
 and no client trains on it; clients partition the train split (see `fl_service.partition`).
 
-- digits: scikit-learn's `load_digits` (ships inside the wheel, offline), 1x8x8 float images
-  standardised (pixels / 16, minus mean, over std), a stratified 20% test split drawn with a
-  constant seed.
+- digits: scikit-learn's digits table (inside its wheel, offline; read without importing
+  scikit-learn), 1x8x8 float images standardised (pixels / 16, minus mean, over std), a
+  stratified 20% test split drawn with a constant seed.
 - fashion_mnist: torchvision `FashionMNIST` under `data_dir`. IDX files missing from
   `<data_dir>/FashionMNIST/raw/` are unpacked there from Debian's `dataset-fashion-mnist`
   (/usr/share/datasets/fashion-mnist/*.gz) when it is installed; else `download` decides.
@@ -23,6 +23,7 @@ Helpers: `dataset_labels(dataset)` (all labels as a numpy int array, without loa
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import pickle
 import shutil
@@ -51,23 +52,39 @@ FASHION_MNIST_FILES = (
 
 def load_digits(cfg: Mapping[str, Any]) -> tuple[Dataset, Dataset]:
     """scikit-learn digits as (train, test) TensorDatasets of 1x8x8 float32 images, int64 labels."""
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sklearn_digits()
-    images = ((bunch.images / 16.0 - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)[:, None]
-    labels = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        images,
-        labels,
-        test_size=DIGITS_TEST_FRACTION,
-        stratify=labels,
-        random_state=DIGITS_SPLIT_SEED,
-    )
+    table = np.loadtxt(_digits_file(), delimiter=",", dtype=np.float64)
+    images = ((table[:, :-1] / 16.0 - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)
+    images = images.reshape(-1, 1, 8, 8)
+    labels = table[:, -1].astype(np.int64)
+    test = stratified_test_indices(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    train = np.setdiff1d(np.arange(len(labels)), test)
     return (
-        TensorDataset(torch.from_numpy(x_train), torch.from_numpy(y_train)),
-        TensorDataset(torch.from_numpy(x_test), torch.from_numpy(y_test)),
+        TensorDataset(torch.from_numpy(images[train]), torch.from_numpy(labels[train])),
+        TensorDataset(torch.from_numpy(images[test]), torch.from_numpy(labels[test])),
     )
+
+
+def _digits_file() -> Path:
+    """The digits table inside the installed scikit-learn, found without importing it (its
+    import and scipy's cost a client about 50 MB of memory it never uses again)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("dataset digits: scikit-learn, which ships it, is not installed")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+
+
+def stratified_test_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a test split of ceil(fraction * n) examples holding each class in
+    proportion (largest remainders get the odd ones), drawn with `seed`."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n_test = int(np.ceil(fraction * len(labels)))
+    exact = counts * n_test / len(labels)
+    share = np.floor(exact).astype(int)
+    share[np.argsort(share - exact, kind="stable")[: n_test - share.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share,
+                                                                               strict=True)]
+    return np.sort(np.concatenate(picked))
 
 
 def data_root(cfg: Mapping[str, Any]) -> Path:

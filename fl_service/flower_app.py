@@ -252,10 +252,12 @@ class ClientRunner:
     # ------------------------------------------------------------ what the service reports
     def warm_up(self) -> None:
         """Load what can be loaded before the first task: the built-in app's data and model;
-        for any app using torch, torch's optimizer imports (seconds on a busy machine, which
-        would otherwise land in round 1 and can hit a round timeout)."""
+        for a user's app using torch, torch's optimizer imports (seconds on a busy machine,
+        which would otherwise land in round 1 and can hit a round timeout; the built-in app
+        does not use torch.optim)."""
         if self._builtin is not None:
             self._builtin.prepare(self.context)
+            return
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)

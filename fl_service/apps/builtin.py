@@ -111,8 +111,6 @@ def _build(cfg: dict[str, Any]) -> Local:
     train_set, test_set = task.load_data(cfg)
     partition = client_partition(cfg, train_set)
     test_part = _test_slice(cfg, test_set)
-    # torch imports its compiler stack on the first optimizer; pay that now, not in round 1.
-    torch.optim.SGD(model.parameters(), lr=0.0)
     return Local(
         cfg=cfg, task=task, device=device, model=model,
         train_loader=make_loader(partition, cfg, shuffle=True), train_examples=len(partition),

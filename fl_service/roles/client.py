@@ -37,8 +37,8 @@ class Client(Service):
         return self.parent.control(message)
 
     def run(self) -> None:
-        # What the app can load before the first task (the built-in app: its data, its model, and
-        # torch's optimizer imports, so round 1 is not seconds of imports that hit timeouts).
+        # What the app can load before the first task (the built-in app: its data and its model),
+        # so round 1 is not seconds of loading that hit timeouts.
         self.runner.warm_up()
         histogram = self.runner.histogram()
         if histogram is not None:

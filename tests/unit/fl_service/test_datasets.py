@@ -3,6 +3,8 @@
 import gzip
 import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,28 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     train_rows = {row.tobytes() for row in train.tensors[0].numpy()}
     shared = sum(row.tobytes() in train_rows for row in test.tensors[0].numpy())
     assert shared <= 5  # only the few duplicate images load_digits itself contains
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    # A client holds what it imports for its whole life: scikit-learn and scipy are ~50 MB.
+    code = ("import sys, numpy as np; from fl_service import datasets; "
+            "train, test = datasets.load_digits({}); assert 'sklearn' not in sys.modules; "
+            "from sklearn.datasets import load_digits; b = load_digits(); "
+            "x = np.concatenate([train.tensors[0].numpy(), test.tensors[0].numpy()]); "
+            "want = ((b.images / 16.0 - datasets.DIGITS_MEAN) / datasets.DIGITS_STD)"
+            ".astype(np.float32)[:, None]; "
+            "key = lambda a: sorted(r.tobytes() for r in a); assert key(x) == key(want)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+def test_a_stratified_test_split_takes_its_share_of_every_class():
+    labels = np.repeat(np.arange(3), [10, 7, 3])
+    test = datasets.stratified_test_indices(labels, 0.25, seed=1)
+    assert len(test) == 5 and len(set(test)) == 5  # ceil(0.25 * 20)
+    # 2.5, 1.75, 0.75 of 5: floors 2, 1, 0, the two left over to the largest remainders
+    assert np.bincount(labels[test], minlength=3).tolist() == [2, 2, 1]
+    assert np.array_equal(test, datasets.stratified_test_indices(labels, 0.25, seed=1))
+    assert not np.array_equal(test, datasets.stratified_test_indices(labels, 0.25, seed=2))
 
 
 def test_class_histogram_of_a_subset_counts_only_its_examples():

@@ -126,3 +126,24 @@ def test_digits_reaches_90_percent_in_a_few_fedavg_rounds_on_three_clients():
     loss, accuracy = task.test(global_model, test_loader, cfg, device)
     assert accuracy >= 0.90
     assert loss < initial_loss
+
+
+def test_the_built_in_momentum_sgd_steps_exactly_as_torch_optim_sgd():
+    from fl_service.tasks.supervised import MOMENTUM, momentum_sgd
+
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    theirs = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    theirs.load_state_dict(ours.state_dict())
+    start = ours[0].weight.detach().clone()
+    optimizer = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=MOMENTUM)
+    step = momentum_sgd(list(ours.parameters()), 0.05)
+    for _ in range(4):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for model, advance in ((ours, step), (theirs, optimizer.step)):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            advance()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert not torch.allclose(ours[0].weight, start)  # it did train
