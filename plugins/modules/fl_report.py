@@ -17,8 +17,12 @@ description:
     and C(<pipeline_dir>/events.jsonl) (written by M(hfl.orchestration.orchestrate)) on the
     controller and writes one HTML file with its plots embedded as PNG images, viewable offline.
   - Accuracy and loss per global round and cumulative cost against C(hfl_budget), with
-    reconfigurations marked; the topology before and after each change; per-client class
-    histograms; the orchestrator's events.
+    reconfigurations marked; the federated evaluation where the GA ran one; bytes up and down
+    and cost on each link; the mean round time of each service split into training,
+    aggregation and waiting, so a slow tier shows; the topology before and after each change;
+    every client that took part (joiners too, also one whose own results were not collected)
+    with its parents, rounds and bytes; per-client class histograms; the orchestrator's events.
+  - Figures are formatted (accuracy in %, bytes in MB, seconds); an unknown one is a dash.
   - Runs on the controller; use it with C(run_once).
 author:
   - hfl.orchestration developers (@hfl)
