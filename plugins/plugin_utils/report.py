@@ -297,7 +297,7 @@ def clients_table(rows: list[dict], first_round: int | None,
         uplink = sum(v["up"] + v["down"] for (child, _), v in links.items() if child == c["name"])
         notes = []
         if first_round is not None and joined > first_round:
-            notes.append(f"joined in round {joined}")
+            notes.append(f"first in round {joined}")
         if not c["collected"]:
             notes.append("its results were not collected")
         elif c["name"] not in histograms:
@@ -330,7 +330,9 @@ def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
     who = run_summary.clients(results, events)
     hists = client_histograms(results)
     first_round = int(ga[0]["global_round"]) if ga else None
-    joiners = [c["name"] for c in who if first_round is not None and c["rounds"][0] > first_round]
+    # A client that joined, or was late for the first rounds.
+    later = [f"{c['name']} first in round {c['rounds'][0]}" for c in who
+             if first_round is not None and c["rounds"][0] > first_round]
     facts = [
         ("pipeline", pipeline),
         ("global rounds", fmt_num(last.get("global_round", 0))),
@@ -343,7 +345,7 @@ def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
             f"{name} {fmt_metric(name, points[max(points)])}"
             for name, points in federated.items()) + f" (round {last_round})"))
     facts += [
-        ("clients", f"{len(who)}" + (f" ({', '.join(joiners)} joined later)" if joiners else "")),
+        ("clients", f"{len(who)}" + (f" ({', '.join(later)})" if later else "")),
         ("bytes on all links", fmt_mb(sum(v["up"] + v["down"] for v in links.values()))),
         ("total cost", f"{max(cum.values()) if cum else 0:,.2f} units (1 unit = 1 MB over a "
                        f"link of weight 1)"),

@@ -271,7 +271,7 @@ def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
              "--virtual-time-budget=5000"]
     dom = run_group([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
                     timeout=120, check=True).stdout
-    assert 'data-loaded="3/3"' in dom  # learning, cost, client histograms
+    assert 'data-loaded="4/4"' in dom  # learning, cost, round timing, client histograms
     shot = tmp_path / "report.png"
     run_group([*flags, f"--screenshot={shot}", "--window-size=1000,1600", page.as_uri()],
               capture_output=True, timeout=120, check=True)

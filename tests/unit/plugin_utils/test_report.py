@@ -96,8 +96,8 @@ def test_figures_are_formatted_and_nothing_shows_as_none():
 
 def test_every_client_that_took_part_is_listed_joiners_included():
     text = text_of(report.render("demo", run_results(), [], W))
-    assert "clients 4 (c4 joined later)" in text
-    assert "c4 la2 4 5\u20138 \u2014 8.00 MB joined in round 5; its results were not collected" \
+    assert "clients 4 (c4 first in round 5)" in text
+    assert "c4 la2 4 5\u20138 \u2014 8.00 MB first in round 5; its results were not collected" \
         in text
     assert "c1 la1 8 1\u20138 60 16.00 MB \u2014" in text
 
