@@ -1,6 +1,7 @@
-"""The embedded default end to end: site.yml on the local inventory (process runtime) trains to
-accuracy >= 0.90; re-running changes nothing; a changed setting restarts only the services it
-touches; moving a client reloads it without a restart; reset.yml leaves nothing behind."""
+"""The embedded default end to end: site.yml on the local inventory (process runtime, mutual TLS)
+trains to accuracy >= 0.90; re-running changes nothing and shows no key even at -vvv; a changed
+setting restarts only the services it touches; moving a client reloads it without a restart;
+reset.yml leaves nothing behind."""
 
 import json
 
@@ -52,10 +53,14 @@ def test_second_run_changes_and_restarts_nothing(deployed):
     tmp, inventory, _ = deployed
     before = service_pids(tmp / "hosts")
     assert set(before) == AGGREGATORS | CLIENTS
-    again = playbook("site.yml", inventory)
+    again = playbook("site.yml", inventory, "-vvv")  # module arguments shown, keys censored
     assert again.rc == 0, again.why()
     assert again.changed == 0, again.why()
     assert service_pids(tmp / "hosts") == before
+    keys = (tmp / "controller" / "demo" / "pki").glob("**/*.key")
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in again.output  # fl_process's key
+    for line in {line for key in keys for line in key.read_text().splitlines()[1:-1]}:
+        assert line not in again.output
 
 
 def test_status_shows_every_service_finished(deployed):
