@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -41,9 +42,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -118,6 +119,14 @@ class Processes:
         self.start([sys.executable, "-m", "fl_service", role, "--config", str(path)], name)
         return port
 
+    def cpu_seconds(self) -> float:
+        """The CPU time (user and system) its processes have used so far (Linux /proc)."""
+        total = 0
+        for proc in self.procs:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -131,22 +140,39 @@ class Processes:
         self.procs.clear()
 
 
-def wait_finished(port: int, procs: Processes, timeout: float) -> None:
+def wait_status(port: int, procs: Processes, timeout: float,
+                done: Callable[[dict], bool]) -> None:
+    """Poll the GA's /status until `done(status)`, over one kept-alive connection: a new TLS
+    handshake per poll would load the GA being measured."""
     deadline = time.monotonic() + timeout
-    scheme = "https" if procs.status_tls else "http"
-    while time.monotonic() < deadline:
-        dead = [p.args for p in procs.procs if p.poll() is not None]
-        if dead:
-            raise RuntimeError(f"a process exited early: {dead[0]}")
-        try:
-            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/status", timeout=5,
-                                        context=procs.status_tls) as r:
-                if json.loads(r.read())["state"] == "finished":
+    conn: http.client.HTTPConnection | None = None
+    try:
+        while time.monotonic() < deadline:
+            dead = [p.args for p in procs.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a process exited early: {dead[0]}")
+            try:
+                if conn is None:
+                    conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                                        context=procs.status_tls)
+                            if procs.status_tls else
+                            http.client.HTTPConnection("127.0.0.1", port, timeout=5))
+                conn.request("GET", "/status")
+                if done(json.loads(conn.getresponse().read())):
                     return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"GA on port {port} did not finish within {timeout}s")
+            except (OSError, http.client.HTTPException):
+                if conn is not None:
+                    conn.close()
+                conn = None  # not up yet, or the connection went: a new one next time
+            time.sleep(0.1)
+    finally:
+        if conn is not None:
+            conn.close()
+    raise TimeoutError(f"GA on port {port}: not done within {timeout}s")
+
+
+def wait_finished(port: int, procs: Processes, timeout: float) -> None:
+    wait_status(port, procs, timeout, lambda status: status["state"] == "finished")
 
 
 def wait_listening(port: int, procs: Processes, timeout: float) -> None:
@@ -184,8 +210,18 @@ def run_flat(root: Path, rounds: int) -> list[dict]:
 CLIENT_APP = {"app_dir": str(BENCH / "flower_app"), "client_app": "flower_bench_app:client_app"}
 
 
+class HflRun(NamedTuple):
+    ga: list[dict]  # the GA's results lines
+    la0: list[dict]  # la0's
+    cpu_s: float  # CPU seconds of all services per steady local round (training included)
+
+    @property
+    def over(self) -> list[float]:
+        return per_local_round(self.ga)
+
+
 def run_hfl(root: Path, rounds: int, folder: str = "hfl", client: dict | None = None,
-            ca: ThrowawayCA | None = None) -> tuple[list[dict], list[dict]]:
+            ca: ThrowawayCA | None = None) -> HflRun:
     """GA + 2 LAs x 2 clients; with `ca`, mutual TLS on every link."""
     procs = Processes(root / folder, ca)
     procs.root.mkdir()
@@ -198,9 +234,13 @@ def run_hfl(root: Path, rounds: int, folder: str = "hfl", client: dict | None = 
         for i in range(CLIENTS):
             procs.service("client", f"c{i}", parent=f"127.0.0.1:{las[i // (CLIENTS // LAS)]}",
                           **(client or {}))
-        wait_finished(ga, procs, timeout=60 + 30 * rounds)
-        la_lines = read_results(procs.root / "la0" / "results.jsonl")
-        return read_results(procs.root / "ga" / "results.jsonl"), la_lines
+        timeout = 60 + 30 * rounds
+        wait_status(ga, procs, timeout, lambda status: status["global_round"] > WARMUP)
+        cpu_before = procs.cpu_seconds()  # the first steady round has just begun
+        wait_finished(ga, procs, timeout)
+        cpu = (procs.cpu_seconds() - cpu_before) / ((rounds - WARMUP) * LOCAL_ROUNDS)
+        return HflRun(read_results(procs.root / "ga" / "results.jsonl"),
+                      read_results(procs.root / "la0" / "results.jsonl"), cpu)
     finally:
         procs.stop()
 
@@ -293,44 +333,46 @@ def per_local_round(ga_lines: list[dict]) -> list[float]:
     return [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in ga_lines]
 
 
-def run_mtls(root: Path, rounds: int, frame_bytes: int) -> tuple[list[float], float]:
-    """The built-in HFL setup with mutual TLS on every link: its per_local_round, and what
-    mutual TLS costs one frame of `frame_bytes` in CPU (tls_cpu_per_frame)."""
+def run_mtls(root: Path, rounds: int, frame_bytes: int) -> tuple[HflRun, float]:
+    """The built-in HFL setup with mutual TLS on every link, and what mutual TLS costs one
+    frame of `frame_bytes` in CPU (tls_cpu_per_frame)."""
     ca = ThrowawayCA(root / "pki")
     frame_cpu_s = tls_cpu_per_frame(ca, frame_bytes)
-    ga_lines, _ = run_hfl(root, rounds, "hfl_mtls", ca=ca)
-    return per_local_round(ga_lines), frame_cpu_s
+    return run_hfl(root, rounds, "hfl_mtls", ca=ca), frame_cpu_s
 
 
-def mtls_figures(plain_over: list[float], mtls_over: list[float], frame_cpu_s: float
-                 ) -> dict[str, float]:
+def mtls_figures(plain: HflRun, mtls: HflRun, frame_cpu_s: float) -> dict[str, float]:
     """Print mTLS beside plain HTTP (the same HFL setup) and where the difference goes; their
     figures for the JSON line."""
-    plain_s, mtls_s = steady(plain_over), steady(mtls_over)
-    print(f"HFL with mutual TLS on every link ({len(mtls_over)} global x {LOCAL_ROUNDS} local): "
+    plain_s, mtls_s = steady(plain.over), steady(mtls.over)
+    print(f"HFL with mutual TLS on every link ({len(mtls.ga)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {mtls_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
-          f"{' '.join(f'{x:.3f}' for x in mtls_over)}); plain HTTP {plain_s:.4f} s: "
+          f"{' '.join(f'{x:.3f}' for x in mtls.over)}); plain HTTP {plain_s:.4f} s: "
           f"{mtls_s - plain_s:+.4f} s, {mtls_s / plain_s:.2f}x")
-    print(f"  mutual TLS costs {frame_cpu_s * 1000:.1f} ms CPU per model frame (encryption and "
-          f"decryption, both ends, in-process; {ssl.OPENSSL_VERSION}); a local round moves "
-          f"{FRAMES_PER_LOCAL_ROUND:g} frames: {FRAMES_PER_LOCAL_ROUND * frame_cpu_s:.3f} s CPU "
-          f"on {os.cpu_count()} cores")
+    print(f"  CPU of all {1 + LAS + CLIENTS} services per local round (training and the "
+          f"GA's evaluation included; unlike wall time, not stretched by the machine's other "
+          f"work): plain {plain.cpu_s:.3f} s, mTLS {mtls.cpu_s:.3f} s "
+          f"({mtls.cpu_s - plain.cpu_s:+.3f} s); in-process, mutual TLS costs "
+          f"{frame_cpu_s * 1000:.1f} ms CPU per model frame (encryption and decryption, both "
+          f"ends; {ssl.OPENSSL_VERSION}) and a local round moves {FRAMES_PER_LOCAL_ROUND:g} "
+          f"frames ({FRAMES_PER_LOCAL_ROUND * frame_cpu_s:.3f} s)")
     return {"mtls_overhead_s_per_local_round": round(mtls_s, 4),
             "mtls_to_plain_ratio": round(mtls_s / plain_s, 3),
+            "hfl_cpu_s_per_local_round": round(plain.cpu_s, 4),
+            "mtls_cpu_s_per_local_round": round(mtls.cpu_s, 4),
             "mtls_cpu_s_per_frame": round(frame_cpu_s, 4)}
 
 
 def main_mtls_only(hfl_rounds: int, frame_bytes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
         root = Path(tmp)
-        plain, _ = run_hfl(root, hfl_rounds)
-        mtls_over, frame_cpu_s = run_mtls(root, hfl_rounds, frame_bytes)
-    plain_over = per_local_round(plain)
-    print(f"HFL plain HTTP ({len(plain)} global x {LOCAL_ROUNDS} local): overhead per local "
-          f"round {steady(plain_over):.4f} s (per global round / {LOCAL_ROUNDS}: "
-          f"{' '.join(f'{x:.3f}' for x in plain_over)})")
-    figures = mtls_figures(plain_over, mtls_over, frame_cpu_s)
-    print(json.dumps({"hfl_overhead_s_per_local_round": round(steady(plain_over), 4),
+        plain = run_hfl(root, hfl_rounds)
+        mtls, frame_cpu_s = run_mtls(root, hfl_rounds, frame_bytes)
+    print(f"HFL plain HTTP ({len(plain.ga)} global x {LOCAL_ROUNDS} local): overhead per local "
+          f"round {steady(plain.over):.4f} s (per global round / {LOCAL_ROUNDS}: "
+          f"{' '.join(f'{x:.3f}' for x in plain.over)})")
+    figures = mtls_figures(plain, mtls, frame_cpu_s)
+    print(json.dumps({"hfl_overhead_s_per_local_round": round(steady(plain.over), 4),
                       **figures}))
 
 
@@ -451,12 +493,12 @@ def main() -> None:
         app_call_s = client_call_overhead(root, arrays, CLIENT_APP)
         flat = run_flat(root, flat_rounds)
         flat_over = [r["wall_time_s"] - r["train_time_s"] for r in flat]
-        hfl, la0 = run_hfl(root, hfl_rounds)
-        hfl_over = per_local_round(hfl)
-        la_over = [r["wall_time_s"] - r["train_time_s"] for r in la0]
-        mtls_over, frame_cpu_s = run_mtls(root, hfl_rounds, len(encode_frame({}, arrays)))
-        app_hfl, app_la0 = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
-        app_over = per_local_round(app_hfl)
+        plain_hfl = run_hfl(root, hfl_rounds)
+        hfl, hfl_over = plain_hfl.ga, plain_hfl.over
+        la_over = [r["wall_time_s"] - r["train_time_s"] for r in plain_hfl.la0]
+        mtls_hfl, frame_cpu_s = run_mtls(root, hfl_rounds, len(encode_frame({}, arrays)))
+        app_run = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
+        app_hfl, app_la0, app_over = app_run.ga, app_run.la0, app_run.over
         legacy = run_flower_legacy(root, flat_rounds)
         legacy_over = [r["wall_time_s"] - r["train_time_s"] for r in legacy]
         try:
@@ -473,7 +515,7 @@ def main() -> None:
           f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
           f"{steady(la_over):.4f} s")
-    mtls = mtls_figures(hfl_over, mtls_over, frame_cpu_s)
+    mtls = mtls_figures(plain_hfl, mtls_hfl, frame_cpu_s)
     print(f"HFL with a Flower ClientApp ({len(app_hfl)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {steady(app_over):.4f} s (per global round / "
           f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
