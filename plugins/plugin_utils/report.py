@@ -211,7 +211,8 @@ def plot_histograms(hists: dict[str, list[int]]) -> str:
     n = len(hists)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.1 * rows), squeeze=False,
+                             gridspec_kw={"hspace": 0.45})
     for ax, (name, h) in zip(axes.flat, hists.items(), strict=False):
         ax.bar(range(len(h)), h, color="tab:green")
         ax.set_title(name, fontsize=8)
@@ -251,11 +252,11 @@ def _cell(value, numeric: bool) -> str:
     return f"<td class=num>{text}</td>" if numeric else f"<td>{text}</td>"
 
 
-def _table(head: list[str], rows: list[list], numeric_from: int = 1) -> str:
-    """An HTML table; columns from ``numeric_from`` on are right-aligned figures."""
-    cols = "".join(f"<th{' class=num' if i >= numeric_from else ''}>{html.escape(h)}</th>"
+def _table(head: list[str], rows: list[list], numeric: range | set[int] = range(1, 99)) -> str:
+    """An HTML table; the ``numeric`` columns are right-aligned figures."""
+    cols = "".join(f"<th{' class=num' if i in numeric else ''}>{html.escape(h)}</th>"
                    for i, h in enumerate(head))
-    body = "".join("<tr>" + "".join(_cell(v, i >= numeric_from) for i, v in enumerate(row))
+    body = "".join("<tr>" + "".join(_cell(v, i in numeric) for i, v in enumerate(row))
                    + "</tr>" for row in rows)
     return f"<table><tr>{cols}</tr>{body}</table>"
 
@@ -284,7 +285,7 @@ def timing_table(rows: list[dict]) -> str:
     return _table(["service", "role", "rounds", "wall", "training", "aggregation", "waiting"],
                   [[r["service"], r["role"].replace("_", " "), r["rounds"], fmt_s(r["wall"]),
                     fmt_s(r["training"]), fmt_s(r["aggregation"]), fmt_s(r["waiting"])]
-                   for r in rows], numeric_from=2)
+                   for r in rows], numeric=range(2, 7))
 
 
 def clients_table(rows: list[dict], first_round: int | None,
@@ -305,14 +306,21 @@ def clients_table(rows: list[dict], first_round: int | None,
         out.append([c["name"], parents, len(c["rounds"]), f"{joined}\u2013{c['rounds'][-1]}",
                     fmt_num(c["examples"]), fmt_mb(uplink), "; ".join(notes) or DASH])
     return _table(["client", "parent", "rounds", "from\u2013to", "examples", "link bytes",
-                   "note"], out, numeric_from=2)
+                   "note"], out, numeric={2, 4, 5})
+
+
+FEDERATED_ROWS = 12  # a long run's table shows evenly spaced evaluations, the last included
 
 
 def federated_table(series: dict[str, dict[int, float]]) -> str:
     rounds = sorted({r for points in series.values() for r in points})
-    return _table(["global round", *series],
-                  [[r, *(fmt_metric(name, points.get(r)) for name, points in series.items())]
-                   for r in rounds])
+    step = -(-len(rounds) // FEDERATED_ROWS)
+    shown = sorted(set(rounds[::-1][::step]))
+    note = "" if step == 1 else (f"<p>One in {step} of the {len(rounds)} evaluations, the "
+                                 "last included.</p>")
+    return note + _table(["global round", *series],
+                         [[r, *(fmt_metric(name, points.get(r))
+                                for name, points in series.items())] for r in shown])
 
 
 def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
@@ -402,6 +410,6 @@ def render(pipeline: str, results: dict[str, list[dict]], events: list[dict],
                               e.get("trigger") or DASH, e.get("action") or DASH,
                               e.get("reason") or DASH,
                               fmt_num((e.get("cost") or {}).get("total"))] for e in events],
-                            numeric_from=5))
+                            numeric={0, 1, 5}))
     parts.append("</body></html>")
     return "\n".join(parts)

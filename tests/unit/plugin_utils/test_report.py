@@ -128,6 +128,13 @@ def test_federated_evaluation_is_a_plot_and_a_fact():
     assert "Federated evaluation" not in plain and "federated" not in plain
 
 
+def test_a_long_federated_evaluation_shows_evenly_spaced_rows_with_the_last():
+    table = text_of(report.federated_table({"accuracy": {r: 0.5 for r in range(1, 41)}}))
+    assert table.startswith("One in 4 of the 40 evaluations, the last included.")
+    rows = re.findall(r"(\d+) 50\.0 %", table)
+    assert rows == ["4", "8", "12", "16", "20", "24", "28", "32", "36", "40"]
+
+
 def test_report_of_a_run_without_orchestrator_or_results_still_renders():
     page = report.render("empty", {}, [], {}, budget=None)
     assert "<h1>HFL report: empty</h1>" in page and "<img" not in page
