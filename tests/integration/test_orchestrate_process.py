@@ -11,6 +11,7 @@ import subprocess
 import time
 
 import pytest
+from headless import CHROMIUM, images_loaded, screenshot
 from hfl_helpers import (
     ROOT,
     ansible_env,
@@ -20,7 +21,6 @@ from hfl_helpers import (
     local_inventory,
     pki_context,
     playbook,
-    run_group,
     service_pids,
     stop_processes_under,
 )
@@ -248,8 +248,7 @@ def test_a_budget_stops_the_run_within_one_round_of_cost(pipeline_factory):
 
 
 def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
-    chromium = "/usr/bin/chromium"
-    if not os.path.exists(chromium):
+    if not os.path.exists(CHROMIUM):
         pytest.skip("chromium is not installed")
     inventory = local_inventory(tmp_path, edit_reference(rounds=4))
     try:
@@ -259,20 +258,7 @@ def test_the_report_of_a_site_run_renders_its_plots_in_chromium(tmp_path):
         playbook("reset.yml", inventory)
         stop_processes_under(tmp_path)
     page = tmp_path / "controller" / PIPELINE / "report.html"
-    # A copy with a probe that counts the images the browser decoded.
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", (
-        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-        "document.body.setAttribute('data-loaded',i.filter(x=>x.complete&&x.naturalWidth>0)"
-        ".length+'/'+i.length)})</script></body>")))
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000"]
-    dom = run_group([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
-                    timeout=120, check=True).stdout
-    assert 'data-loaded="4/4"' in dom  # learning, cost, round timing, client histograms
-    shot = tmp_path / "report.png"
-    run_group([*flags, f"--screenshot={shot}", "--window-size=1000,1600", page.as_uri()],
-              capture_output=True, timeout=120, check=True)
+    # learning, cost, round timing, client histograms
+    assert images_loaded(page, tmp_path) == "4/4"
+    shot = screenshot(page, tmp_path / "report.png", tmp_path)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
