@@ -16,8 +16,10 @@ first-call costs, are left out).
   so the second figure includes what Flower's Message API costs inside the app.
 - HFL with mutual TLS: the built-in HFL setup again, every service holding a certificate of a
   throwaway CA (bench/throwaway_pki.py), so every link is mTLS as placed by default; its
-  overhead per local round beside plain HTTP's, and their ratio. `--mtls-only` runs just the
-  plain and mTLS HFL setups.
+  overhead per local round beside plain HTTP's, their ratio, and the CPU all services use per
+  local round in each mode (which the machine's other work does not stretch as it does wall
+  time). `--mtls-only` runs just these: plain, mTLS, mTLS, plain, each mode's runs pooled, so
+  a drift in the shared machine's load hits both alike.
 - one client task in-process (no network, no other process): decode, the runner's call of the
   app, encode, minus training; for both apps, so the app's own share is seen apart from ours.
 - plain Flower: the same model, clients and training through flwr's legacy start_server /
@@ -333,47 +335,62 @@ def per_local_round(ga_lines: list[dict]) -> list[float]:
     return [(r["wall_time_s"] - r["train_time_s"]) / LOCAL_ROUNDS for r in ga_lines]
 
 
-def run_mtls(root: Path, rounds: int, frame_bytes: int) -> tuple[HflRun, float]:
-    """The built-in HFL setup with mutual TLS on every link, and what mutual TLS costs one
-    frame of `frame_bytes` in CPU (tls_cpu_per_frame)."""
+def hfl_runs(root: Path, rounds: int, order: list[bool], frame_bytes: int
+             ) -> tuple[dict[bool, list[HflRun]], float]:
+    """HFL runs in `order` (True: mutual TLS on every link, False: plain HTTP), by mode; and
+    what mutual TLS costs one frame of `frame_bytes` in CPU (tls_cpu_per_frame)."""
     ca = ThrowawayCA(root / "pki")
     frame_cpu_s = tls_cpu_per_frame(ca, frame_bytes)
-    return run_hfl(root, rounds, "hfl_mtls", ca=ca), frame_cpu_s
+    runs: dict[bool, list[HflRun]] = {False: [], True: []}
+    for i, tls in enumerate(order):
+        folder = f"hfl_{'mtls' if tls else 'plain'}_{i}"
+        runs[tls].append(run_hfl(root, rounds, folder, ca=ca if tls else None))
+    return runs, frame_cpu_s
 
 
-def mtls_figures(plain: HflRun, mtls: HflRun, frame_cpu_s: float) -> dict[str, float]:
-    """Print mTLS beside plain HTTP (the same HFL setup) and where the difference goes; their
-    figures for the JSON line."""
-    plain_s, mtls_s = steady(plain.over), steady(mtls.over)
-    print(f"HFL with mutual TLS on every link ({len(mtls.ga)} global x {LOCAL_ROUNDS} local): "
-          f"overhead per local round {mtls_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
-          f"{' '.join(f'{x:.3f}' for x in mtls.over)}); plain HTTP {plain_s:.4f} s: "
-          f"{mtls_s - plain_s:+.4f} s, {mtls_s / plain_s:.2f}x")
-    print(f"  CPU of all {1 + LAS + CLIENTS} services per local round (training and the "
-          f"GA's evaluation included; unlike wall time, not stretched by the machine's other "
-          f"work): plain {plain.cpu_s:.3f} s, mTLS {mtls.cpu_s:.3f} s "
-          f"({mtls.cpu_s - plain.cpu_s:+.3f} s); in-process, mutual TLS costs "
+def pooled(runs: list[HflRun]) -> float:
+    """The median overhead per local round over the steady rounds of all `runs`."""
+    return statistics.median(x for run in runs for x in run.over[WARMUP:])
+
+
+def per_round_text(runs: list[HflRun]) -> str:
+    return " | ".join(" ".join(f"{x:.3f}" for x in run.over) for run in runs)
+
+
+def mtls_figures(plain: list[HflRun], mtls: list[HflRun], frame_cpu_s: float
+                 ) -> dict[str, float]:
+    """Print mTLS beside plain HTTP (the same HFL setup; each mode's runs pooled) and where the
+    difference goes; their figures for the JSON line."""
+    plain_s, mtls_s = pooled(plain), pooled(mtls)
+    plain_cpu = statistics.mean(run.cpu_s for run in plain)
+    mtls_cpu = statistics.mean(run.cpu_s for run in mtls)
+    print(f"HFL with mutual TLS on every link ({len(mtls)} run(s)): overhead per local round "
+          f"{mtls_s:.4f} s (per global round / {LOCAL_ROUNDS}: {per_round_text(mtls)}); "
+          f"{mtls_s - plain_s:+.4f} s, {mtls_s / plain_s:.2f}x plain HTTP's {plain_s:.4f} s")
+    print(f"  CPU of all {1 + LAS + CLIENTS} services per local round (training and the GA's "
+          f"evaluation included): plain {plain_cpu:.3f} s, mTLS {mtls_cpu:.3f} s "
+          f"({mtls_cpu - plain_cpu:+.3f} s); in-process, mutual TLS costs "
           f"{frame_cpu_s * 1000:.1f} ms CPU per model frame (encryption and decryption, both "
           f"ends; {ssl.OPENSSL_VERSION}) and a local round moves {FRAMES_PER_LOCAL_ROUND:g} "
           f"frames ({FRAMES_PER_LOCAL_ROUND * frame_cpu_s:.3f} s)")
     return {"mtls_overhead_s_per_local_round": round(mtls_s, 4),
             "mtls_to_plain_ratio": round(mtls_s / plain_s, 3),
-            "hfl_cpu_s_per_local_round": round(plain.cpu_s, 4),
-            "mtls_cpu_s_per_local_round": round(mtls.cpu_s, 4),
+            "hfl_cpu_s_per_local_round": round(plain_cpu, 4),
+            "mtls_cpu_s_per_local_round": round(mtls_cpu, 4),
             "mtls_cpu_s_per_frame": round(frame_cpu_s, 4)}
 
 
 def main_mtls_only(hfl_rounds: int, frame_bytes: int) -> None:
     with tempfile.TemporaryDirectory(prefix="hfl-bench-") as tmp:
-        root = Path(tmp)
-        plain = run_hfl(root, hfl_rounds)
-        mtls, frame_cpu_s = run_mtls(root, hfl_rounds, frame_bytes)
-    print(f"HFL plain HTTP ({len(plain.ga)} global x {LOCAL_ROUNDS} local): overhead per local "
-          f"round {steady(plain.over):.4f} s (per global round / {LOCAL_ROUNDS}: "
-          f"{' '.join(f'{x:.3f}' for x in plain.over)})")
-    figures = mtls_figures(plain, mtls, frame_cpu_s)
-    print(json.dumps({"hfl_overhead_s_per_local_round": round(steady(plain.over), 4),
-                      **figures}))
+        # Plain, mTLS, mTLS, plain: a drift in the shared machine's load hits both modes alike.
+        runs, frame_cpu_s = hfl_runs(Path(tmp), hfl_rounds, [False, True, True, False],
+                                     frame_bytes)
+    plain_s = pooled(runs[False])
+    print(f"HFL plain HTTP ({len(runs[False])} runs of {hfl_rounds} global x {LOCAL_ROUNDS} "
+          f"local): overhead per local round {plain_s:.4f} s (per global round / "
+          f"{LOCAL_ROUNDS}: {per_round_text(runs[False])})")
+    figures = mtls_figures(runs[False], runs[True], frame_cpu_s)
+    print(json.dumps({"hfl_overhead_s_per_local_round": round(plain_s, 4), **figures}))
 
 
 def serialization_costs(arrays: dict[str, np.ndarray], repeat: int = 9) -> tuple[float, float]:
@@ -496,7 +513,8 @@ def main() -> None:
         plain_hfl = run_hfl(root, hfl_rounds)
         hfl, hfl_over = plain_hfl.ga, plain_hfl.over
         la_over = [r["wall_time_s"] - r["train_time_s"] for r in plain_hfl.la0]
-        mtls_hfl, frame_cpu_s = run_mtls(root, hfl_rounds, len(encode_frame({}, arrays)))
+        mtls_runs, frame_cpu_s = hfl_runs(root, hfl_rounds, [True],
+                                          len(encode_frame({}, arrays)))
         app_run = run_hfl(root, hfl_rounds, "hfl_client_app", CLIENT_APP)
         app_hfl, app_la0, app_over = app_run.ga, app_run.la0, app_run.over
         legacy = run_flower_legacy(root, flat_rounds)
@@ -515,7 +533,7 @@ def main() -> None:
           f"{hfl_s:.4f} s (per global round / {LOCAL_ROUNDS}: "
           f"{' '.join(f'{x:.3f}' for x in hfl_over)}); LA-level local round alone "
           f"{steady(la_over):.4f} s")
-    mtls = mtls_figures(plain_hfl, mtls_hfl, frame_cpu_s)
+    mtls = mtls_figures([plain_hfl], mtls_runs[True], frame_cpu_s)
     print(f"HFL with a Flower ClientApp ({len(app_hfl)} global x {LOCAL_ROUNDS} local): "
           f"overhead per local round {steady(app_over):.4f} s (per global round / "
           f"{LOCAL_ROUNDS}: {' '.join(f'{x:.3f}' for x in app_over)}); LA-level local round "
