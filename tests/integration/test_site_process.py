@@ -118,14 +118,22 @@ def local_inventory_same_ports(tmp, edit):
     return write_inventory(tmp / "inventory", tiers, cluster_vars)
 
 
-def test_flat_fl_inventory_trains_clients_under_the_ga(tmp_path):
+def test_flat_fl_inventory_trains_clients_under_the_ga_insecure_too(tmp_path):
+    """With hfl_insecure: true (a lab's plain HTTP) no credentials are made or shipped, and
+    every service says so in its log."""
     src = ROOT / "inventories" / "local-flat"
-    inventory = local_inventory(tmp_path, source=src)
+    inventory = local_inventory(tmp_path, lambda tiers, cv: cv.update(hfl_insecure=True),
+                                source=src)
     try:
         run = playbook("site.yml", inventory)
         assert run.rc == 0, run.why()
         plan = json.loads((tmp_path / "controller" / "flat" / "plan.json").read_text())
         assert set(plan["assignment"].values()) == {"ga"}
+        assert not (tmp_path / "controller" / "flat" / "pki").exists()
+        for name in ("ga", "c1"):
+            folder = tmp_path / "hosts" / "flat" / name
+            assert not (folder / "tls").exists()
+            assert "TLS IS OFF" in (folder / "service.log").read_text()
         rows = (tmp_path / "controller" / "flat" / "results" / "ga.jsonl").read_text()
         last = json.loads(rows.splitlines()[-1])
         assert last["global_round"] == 10 and last["accuracy"] >= 0.90
