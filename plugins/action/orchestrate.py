@@ -26,7 +26,10 @@ from ansible.utils.display import Display
 from ansible.utils.vars import load_extra_vars
 from ansible.vars.manager import VariableManager
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
-from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import fleet_of
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import (
+    clients_seen_by_parents,
+    fleet_of,
+)
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.orchestrator import (
     Hooks,
     Orchestrator,
@@ -150,7 +153,11 @@ class ActionModule(ActionBase):
 
     def _observe(self, names):
         known = {s.name for s in self._topo.services}
-        services = [{"name": n, "url": self._url(n, "/status")} for n in names if n in known]
+        # Clients in pods have no port the controller reaches: their parents answer for them.
+        in_pods = ({c.name for c in self._topo.clients} & set(names)
+                   if self._topo.pipeline.runtime != "process" else set())
+        services = [{"name": n, "url": self._url(n, "/status")} for n in names
+                    if n in known and n not in in_pods]
         out = self._execute_module(
             module_name="hfl.orchestration.fl_status",
             module_args=dict(services=services, timeout=self._args["status_timeout"],
@@ -159,6 +166,8 @@ class ActionModule(ActionBase):
         if out.get("failed"):
             raise RuntimeError(f"fl_status failed: {out.get('msg')}")
         statuses = out["statuses"]
+        if in_pods:
+            statuses.update(clients_seen_by_parents(in_pods, statuses))
         for n in names:  # a service that left the inventory is not there to ask
             statuses.setdefault(n, {"reachable": False, "error": "not in the inventory"})
         return statuses

@@ -17,7 +17,9 @@ description:
     and verify until a stop condition.
   - Observe. Re-reads the inventory file every iteration (a client added to or removed from it
     is a change), reads every service's /status with M(hfl.orchestration.fl_status) on the
-    task's host (delegate it to the global aggregator's host), and books the measured bytes on
+    task's host (delegate it to the global aggregator's host; on podman and k3s a client, whose
+    pod publishes no port, counts as reachable while its parent lists it among its children,
+    and shows no class histogram), and books the measured bytes on
     every uplink times that link's C(hfl_link_cost) (unit C(MB x weight)).
   - Decide. Triggers are a node joining or leaving, a service failing (two missed /status in a
     row) or recovering, and a learning stall (loss rising or accuracy flat over O(stall_window)

@@ -47,3 +47,19 @@ def completed_round(ga_status: dict | None) -> int:
         return 0
     rnd = int(ga_status.get("global_round") or 0)
     return rnd if ga_status.get("state") == "finished" else max(0, rnd - 1)
+
+
+def clients_seen_by_parents(clients, statuses: dict[str, dict]) -> dict[str, dict]:
+    """What the controller knows of `clients` it cannot ask itself (pods on podman and k3s
+    publish no client port): a client is reachable while an aggregator that answered lists it
+    among its children, its /status then standing in for the client's (no histogram)."""
+    seen = {}
+    for parent, st in statuses.items():
+        if st.get("reachable", True):
+            for child in st.get("children") or []:
+                seen.setdefault(child, parent)
+    return {c: ({"reachable": True, "parent_name": seen[c], "read_at": seen[c]} if c in seen else
+                {"reachable": False,
+                 "error": "not among any aggregator's children (a client in a pod is read at "
+                          "its parent)"})
+            for c in clients}

@@ -23,3 +23,16 @@ def test_completed_rounds_count_the_round_in_progress_only_once_finished():
     assert observation.completed_round({"global_round": 4, "state": "finished"}) == 4
     assert observation.completed_round({"reachable": False, "global_round": 4}) == 0
     assert observation.completed_round(None) == 0
+
+
+def test_clients_in_pods_are_reachable_while_an_answering_parent_lists_them():
+    statuses = {
+        "ga": {"reachable": True, "children": ["la1", "la2"]},
+        "la1": {"reachable": True, "children": ["c1", "c2"]},
+        "la2": {"reachable": False, "children": ["c3"]},  # an old reading: not believed
+    }
+    seen = observation.clients_seen_by_parents(["c1", "c2", "c3", "c4"], statuses)
+    assert seen["c1"] == {"reachable": True, "parent_name": "la1", "read_at": "la1"}
+    assert seen["c2"]["reachable"] and seen["c2"]["parent_name"] == "la1"
+    assert not seen["c3"]["reachable"] and "children" in seen["c3"]["error"]
+    assert not seen["c4"]["reachable"]
