@@ -14,6 +14,7 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
     topology,
 )
 from inventory_fixtures import local_hfl
+from pki_fixtures import write_pki
 
 PYPROJECT = """\
 [project]
@@ -377,9 +378,16 @@ def test_every_planned_config_is_one_fl_service_accepts_for_its_role(app_dir, tm
     from fl_service.config import load_config
 
     app = flower_app.load(str(app_dir), "host ga")
-    for s in plan.make_plan(topology.build(*local_hfl(ga=APP_VARS)), app=app)["services"]:
+    services = plan.make_plan(topology.build(*local_hfl(ga=APP_VARS)), app=app)["services"]
+    # fl_service reads the credentials its config names: real ones, at paths of this test's.
+    pki = write_pki(tmp_path / "pki", {s["name"]: (s["role"], s["address"]) for s in services})
+    for s in services:
+        config = {**s["config"], "tls_cert": str(pki / "services" / f"{s['name']}.crt"),
+                  "tls_key": str(pki / "services" / f"{s['name']}.key"),
+                  "tls_ca": str(pki / "ca.crt")}
+        assert config.keys() == s["config"].keys()  # the plan names all three
         path = tmp_path / f"{s['name']}.yaml"
-        path.write_text(json.dumps(s["config"]))
+        path.write_text(json.dumps(config))
         cfg = load_config(s["role"], path, environ={})
-        for key, value in s["config"].items():
+        for key, value in config.items():
             assert cfg[key] == value, (s["name"], key)
