@@ -542,7 +542,7 @@ def stale(objects, text):
     as (apiVersion, kind, namespace, name) dicts: what the k3s executor prunes. A Secret stays
     while a Deployment of the text mounts it (``tls_secrets`` renders them apart)."""
     wanted = set()
-    for _, doc in documents(text):
+    for _text, doc in documents(text):
         meta = doc["metadata"]
         wanted.add((doc["kind"], meta.get("namespace"), meta["name"]))
         if doc["kind"] == "Deployment":

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -60,8 +61,8 @@ def fmt_metric(name: str, value) -> str:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and value == value  # not NaN
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and not math.isnan(value))
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
@@ -295,7 +296,8 @@ def clients_table(rows: list[dict], first_round: int | None,
         joined = c["rounds"][0]
         parents = ", ".join(p if i == 0 else f"{p} from round {r}"
                             for i, (p, r) in enumerate(c["parents"])) or DASH
-        uplink = sum(v["up"] + v["down"] for (child, _), v in links.items() if child == c["name"])
+        uplink = sum(v["up"] + v["down"] for (child, _parent), v in links.items()
+                     if child == c["name"])
         notes = []
         if first_round is not None and joined > first_round:
             notes.append(f"first in round {joined}")

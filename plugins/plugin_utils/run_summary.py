@@ -64,7 +64,7 @@ def link_bytes(results: dict[str, list[dict]], weights: dict[str, dict[str, floa
                     end[0] += received
                     end[1] += sent
     links: dict[tuple[str, str], dict[str, int]] = {}
-    for (child, parent, _), (up, down) in sorted(ends.items()):
+    for (child, parent, _at_child), (up, down) in sorted(ends.items()):
         best = links.get((child, parent))
         if best is None or up + down > best["up"] + best["down"]:
             links[(child, parent)] = {"up": up, "down": down}
@@ -78,8 +78,8 @@ def clients(results: dict[str, list[dict]], events: list[dict]) -> list[dict]:
     role_of = roles(results)
     plans = [e.get(k) or {} for e in events for k in ("plan_before", "plan_after")]
     ga = _ga_name(role_of)
-    las = {s for s, r in role_of.items() if r == LA} | {p for plan in plans
-                                                       for p in plan.values() if p != ga}
+    placed_parents = {p for plan in plans for p in plan.values() if p != ga}
+    las = {s for s, r in role_of.items() if r == LA} | placed_parents
     under: dict[str, dict[int, str]] = defaultdict(dict)  # client -> {global round: parent}
     examples: dict[str, int] = {}
     for service, lines in results.items():
