@@ -261,11 +261,13 @@ class _Handler(BaseHTTPRequestHandler):
         ).encode()
         received = self.rfile.count
         self.rfile.count = 0
+        # Counted before it is sent: the peer may read its answer and look at both ends' counts
+        # before this thread runs again.
+        if reply.peer:
+            self.server.links.add(reply.peer, len(head) + len(reply.body), received)
         self.wfile.write(head)
         if reply.body:
             self.wfile.write(reply.body)
-        if reply.peer:
-            self.server.links.add(reply.peer, len(head) + len(reply.body), received)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve("GET")
