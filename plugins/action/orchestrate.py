@@ -4,8 +4,13 @@
 
 Wiring only: the loop, the policies, the cost model and the check live in plugin_utils
 (orchestrator.py and friends). Here are the Ansible ends of its hooks: the inventory file
-re-read every iteration, fl_status executed on the task's host, placement re-run through
+re-read every iteration, every /status fetched from the task's host, placement re-run through
 ansible-runner, the GA told its last round, events appended to events.jsonl.
+
+Where the task's host (the GA's) is this machine (connection local) the fetches and the GA's
+/control run in this process: an iteration then takes milliseconds, where executing a module
+takes a second or more and lets fast rounds run past a decision. Elsewhere they run there as
+the modules fl_status and ansible.builtin.uri.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ from pathlib import Path
 
 from ansible import constants as C
 from ansible.inventory.manager import InventoryManager
+from ansible.module_utils.urls import open_url
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.action import ActionBase
 from ansible.template import Templar
 from ansible.utils.display import Display
 from ansible.utils.vars import load_extra_vars
 from ansible.vars.manager import VariableManager
+from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (
+    fetch_all,
+    tls_options,
+)
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import (
     clients_seen_by_parents,
@@ -151,6 +161,15 @@ class ActionModule(ActionBase):
         return {ca_option: paths["tls_ca"], "client_cert": paths["tls_cert"],
                 "client_key": paths["tls_key"]}
 
+    def _in_process(self):
+        """Whether the GA's host is this machine: its fetches need no module."""
+        return self._connection.transport == "local"
+
+    def _local_tls(self):
+        """open_url's TLS keywords for the GA's credentials on this machine (None: plain)."""
+        tls = {k: os.path.expanduser(v) for k, v in self._tls().items()}
+        return tls_options(**tls)
+
     def _observe(self, names):
         known = {s.name for s in self._topo.services}
         # Clients in pods have no port the controller reaches: their parents answer for them.
@@ -158,14 +177,17 @@ class ActionModule(ActionBase):
                    if self._topo.pipeline.runtime != "process" else set())
         services = [{"name": n, "url": self._url(n, "/status")} for n in names
                     if n in known and n not in in_pods]
-        out = self._execute_module(
-            module_name="hfl.orchestration.fl_status",
-            module_args=dict(services=services, timeout=self._args["status_timeout"],
-                             **self._tls()),
-            task_vars=self._vars)
-        if out.get("failed"):
-            raise RuntimeError(f"fl_status failed: {out.get('msg')}")
-        statuses = out["statuses"]
+        if self._in_process():
+            statuses = fetch_all(services, self._args["status_timeout"], self._local_tls())
+        else:
+            out = self._execute_module(
+                module_name="hfl.orchestration.fl_status",
+                module_args=dict(services=services, timeout=self._args["status_timeout"],
+                                 **self._tls()),
+                task_vars=self._vars)
+            if out.get("failed"):
+                raise RuntimeError(f"fl_status failed: {out.get('msg')}")
+            statuses = out["statuses"]
         if in_pods:
             statuses.update(clients_seen_by_parents(in_pods, statuses))
         for n in names:  # a service that left the inventory is not there to ask
@@ -214,18 +236,30 @@ class ActionModule(ActionBase):
             self._stopped |= set(gone)
         self._stopped &= set(left_out)
 
+    def _post_control(self, message):
+        """POST /control to the GA; None, or why it failed."""
+        url = self._url(self._topo.ga.name, "/control")
+        if not self._in_process():
+            out = self._execute_module(
+                module_name="ansible.builtin.uri",
+                module_args=dict(url=url, method="POST", body_format="json", body=message,
+                                 timeout=10, **self._tls(ca_option="ca_path")),
+                task_vars=self._vars)
+            return out.get("msg") if out.get("failed") else None
+        try:
+            open_url(url, data=json.dumps(message), method="POST", timeout=10,
+                     headers={"Content-Type": "application/json"}, **(self._local_tls() or {}))
+        except Exception as e:  # noqa: BLE001 - URLError, HTTPError, TLS: each is a "no"
+            return str(getattr(e, "reason", e))
+        return None
+
     def _set_last_round(self, n):
-        out = self._execute_module(
-            module_name="ansible.builtin.uri",
-            module_args=dict(url=self._url(self._topo.ga.name, "/control"), method="POST",
-                             body_format="json", body={"global_rounds": n}, timeout=10,
-                             **self._tls(ca_option="ca_path")),
-            task_vars=self._vars)
-        if not out.get("failed"):
+        failed = self._post_control({"global_rounds": n})
+        if failed is None:
             return
         # A GA without the control message: re-place it with the new round count; it restarts
         # from its checkpoint (the round in progress is run again).
-        display.warning(f"orchestrate: GA /control global_rounds failed ({out.get('msg')}); "
+        display.warning(f"orchestrate: GA /control global_rounds failed ({failed}); "
                         "re-placing it with the new round count")
         self._place_extra["hfl_global_rounds"] = n
         path = self._dir / "assignment.json"

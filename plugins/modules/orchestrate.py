@@ -16,8 +16,11 @@ description:
   - Runs on the controller, once per pipeline (use C(run_once)), a loop of observe, decide, act
     and verify until a stop condition.
   - Observe. Re-reads the inventory file every iteration (a client added to or removed from it
-    is a change), reads every service's /status with M(hfl.orchestration.fl_status) on the
-    task's host (delegate it to the global aggregator's host; on podman and k3s a client, whose
+    is a change, and so is an edit of C(hfl_budget)), reads every service's /status on the
+    task's host (delegate it to the global aggregator's host; where that host is the controller,
+    C(ansible_connection=local), the reads and the global aggregator's C(/control) run inside
+    the plugin and an iteration takes milliseconds, elsewhere they run there as
+    M(hfl.orchestration.fl_status) and M(ansible.builtin.uri); on podman and k3s a client, whose
     pod publishes no port, counts as reachable while its parent lists it among its children,
     and shows no class histogram), and books the measured bytes on
     every uplink times that link's C(hfl_link_cost) (unit C(MB x weight)).
@@ -36,7 +39,8 @@ description:
     reverting, and the change is reverted if that wins; the revert's cost is booked.
   - Stop. Pipeline finished; target accuracy reached; budget spent (the global aggregator is told
     its last round in advance, so the run never exceeds C(hfl_budget) by more than one round's
-    cost); the same two plans alternating (reported as a warning); O(max_iterations);
+    cost; that last round follows the price of a round as it is measured, and the budget as it
+    is edited); the same two plans alternating (reported as a warning); O(max_iterations);
     O(max_wall_s).
   - Every decision is one JSON line in C(<hfl_state_dir>/<pipeline>/events.jsonl).
 author:

@@ -26,7 +26,8 @@ def fleet_of(topology) -> policies.Fleet:
     return policies.Fleet(
         ga=ga, las=[la.name for la in topology.las], clients=[c.name for c in topology.clients],
         cost=weights, capacity={la.name: la.capacity for la in topology.las},
-        pins={c.name: c.parent for c in topology.clients if c.parent})
+        pins={c.name: c.parent for c in topology.clients if c.parent},
+        budget=topology.pipeline.budget)
 
 
 def histogram_list(hist: dict | list) -> list[int]:

@@ -12,7 +12,8 @@ way (configure_train returns messages, only its loop talks to the grid). One ite
             the traffic growth booked (cost.Ledger), the GA's accuracy per global round recorded;
 2. stop?    `Stop` when the pipeline finished; `StopAt` when the target accuracy is reached or
             the budget is spent, `Bound` when the budget buys fewer rounds than the GA would run
-            (the GA is told its last round in advance, so a slow loop cannot overspend);
+            (the GA is told its last round in advance, so a slow loop cannot overspend; the
+            budget is the inventory's at each iteration, so an edit raises or lowers it);
 3. verify:  a pending change whose window is over is kept (`Keep`) or reverted (a `Reassign`)
             (reconfiguration_check);
 4. decide:  on a trigger (join, leave, failure, recovery, stall) the configuration model computes
@@ -165,9 +166,10 @@ class Orchestrator:
     iteration: int = 0
     _misses: dict[str, int] = field(default_factory=dict)
     _members: set[str] | None = None
-    _mark: tuple[int, float] | None = None  # (round, measured cost) at the last round change
+    _mark: tuple[int, float] | None = None  # (round, measured cost) first seen under the plan
     _stall_after: int = 0
     _stopping: bool = False
+    _bound_budget: float | None = None  # the budget when the GA was last told its last round
     _fleet: policies.Fleet | None = None
     _statuses: dict[str, dict] = field(default_factory=dict)
     _weights: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -188,6 +190,7 @@ class Orchestrator:
         """Take in the inventory now and the services' /status; the GA's completed rounds."""
         self._statuses = statuses
         self._fleet = fleet
+        self.settings.budget = fleet.budget  # the inventory's, edits included
         # Weights of hosts that left the inventory are still needed to price the old plan.
         self._weights = {**self._weights, **fleet.cost}
         rnd = completed_round(self._statuses.get(fleet.ga))
@@ -201,7 +204,9 @@ class Orchestrator:
         return rnd
 
     def _calibrate(self, rnd: int, fleet: policies.Fleet) -> None:
-        """Learn the MB of one model exchange from the measured cost of the last round(s)."""
+        """Learn the MB of one model exchange from the cost measured since the first round
+        seen under the running plan. Counters are read mid-round, so an estimate over n rounds
+        is off by up to one round's traffic / n: the longer the span, the sharper."""
         if self._mark is None or rnd < self._mark[0]:
             self._mark = (rnd, self.ledger.measured)
             return
@@ -215,7 +220,6 @@ class Orchestrator:
             if self.deferred_units:
                 self.ledger.book(self.deferred_units * self.exchange_mb)
                 self.deferred_units = 0.0
-        self._mark = (rnd, self.ledger.measured)
 
     def per_round(self, assignment: dict[str, str]) -> float | None:
         """Expected cost of one global round under `assignment` (None until measured)."""
@@ -255,19 +259,34 @@ class Orchestrator:
             return StopAt(rnd, f"target accuracy {s.target_accuracy} reached "
                           f"({acc:.4f} at global round {rnd})")
         per_round = self.per_round(self.assignment)
-        if s.budget is not None and per_round:
-            remaining = s.budget - self.ledger.total
-            last = rnd + max(0, math.floor(remaining / per_round))
-            if last <= rnd:
-                return StopAt(rnd, f"budget spent: {self.ledger.total:.4g} of "
-                              f"{s.budget:.4g}, a round costs {per_round:.4g}")
-            lower = self.last_round_sent is None or last < self.last_round_sent
-            if (s.global_rounds is None or last < s.global_rounds) and lower:
-                # Told ahead, the GA stops on time even if this loop lags behind its rounds.
-                # Only ever lowered: a GA that must be re-placed to learn it restarts once.
-                return Bound(last, f"the GA stops after global round {last}: {remaining:.4g} "
-                             f"left buys {last - rnd} round(s) of {per_round:.4g}")
+        if s.budget is None or not per_round:
+            return self._unbound()
+        remaining = s.budget - self.ledger.total
+        last = rnd + max(0, math.floor(remaining / per_round))
+        if last <= rnd:
+            return StopAt(rnd, f"budget spent: {self.ledger.total:.4g} of "
+                          f"{s.budget:.4g}, a round costs {per_round:.4g}")
+        if s.global_rounds is not None and last >= s.global_rounds:
+            return self._unbound()
+        # Told ahead, the GA stops on time even if this loop lags behind its rounds. Lowered at
+        # once as the estimate of a round's cost sharpens; raised when it buys two rounds more
+        # (one would follow the estimate's noise) or the budget was edited.
+        sent = self.last_round_sent
+        edited = s.budget != self._bound_budget
+        if sent is None or last < sent or last >= sent + 2 or (edited and last != sent):
+            return Bound(last, f"the GA stops after global round {last}: {remaining:.4g} "
+                         f"left buys {last - rnd} round(s) of {per_round:.4g}")
         return None
+
+    def _unbound(self) -> Bound | None:
+        """The GA's own last round back, when an edit of the budget lifted the bound it was
+        told (the budget was raised past it, or removed)."""
+        s = self.settings
+        sent = self.last_round_sent
+        if sent is None or s.global_rounds is None or sent >= s.global_rounds:
+            return None
+        return Bound(s.global_rounds, f"the budget ({s.budget}) no longer bounds the run: the "
+                     f"GA runs its {s.global_rounds} global rounds")
 
     # --- verify ----------------------------------------------------------------------------
 
@@ -397,6 +416,7 @@ class Orchestrator:
             return self._placed(d, rnd, applied_at)
         if isinstance(d, LastRound):
             self.last_round_sent = d.last_round
+            self._bound_budget = self.settings.budget
         if isinstance(d, Stop | StopAt):
             self.stop_reason = d.reason
             self._stopping = isinstance(d, StopAt)
@@ -420,6 +440,7 @@ class Orchestrator:
         self.config_model = d.config_model
         self.excluded |= d.excluded
         self._misses.clear()  # moved and new services get their start-up grace again
+        self._mark = None  # a round's traffic is measured afresh under the new plan
         unit_old = cost.round_cost(before, self._weights, f.ga, self.settings.local_rounds, 1.0)
         unit_new = cost.round_cost(after, self._weights, f.ga, self.settings.local_rounds, 1.0)
         if (self.settings.verify and d.revertible and applied_at > 0

@@ -31,6 +31,8 @@ class Fleet:
     `histograms[client]` is the class histogram the client reports in /status (may be missing
     for a client that has not reported yet). `pins[client]` is the LA an inventory `hfl_parent`
     pins it to: the hierarchical models keep pinned clients there while that LA is in `las`.
+    `budget` is the inventory's `hfl_budget` as it is now: the loop's stop step reads it (an edit
+    takes effect at the next iteration); no configuration model does.
     """
 
     ga: str
@@ -40,6 +42,7 @@ class Fleet:
     capacity: dict[str, int | None] = field(default_factory=dict)
     histograms: dict[str, list[int]] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
+    budget: float | None = None
 
     def pinned(self) -> dict[str, str]:
         """Pins that hold: the client is present and its LA is alive."""

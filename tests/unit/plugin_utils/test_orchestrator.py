@@ -46,6 +46,8 @@ class World:
         self.now = 0.0
         self.script = dict(script or {})  # {n: edit(world)} done before the n-th inventory read
         self.reads = 0
+        self.budget = None  # the inventory's hfl_budget
+        self.in_progress = lambda rnd: 0.0  # share of a round's traffic seen mid-round
 
     def fleet(self):
         cost = {"la1": {"ga": 100}, "la2": {"ga": 100}}
@@ -54,7 +56,7 @@ class World:
             near, far = ("la1", "la2") if i % 2 else ("la2", "la1")
             cost[c] = self.cost.get(c, {near: 20, far: 60, "ga": 120})
         return policies.Fleet(ga="ga", las=["la1", "la2"], clients=list(self.inventory),
-                              cost=cost, capacity=dict(self.capacity))
+                              cost=cost, capacity=dict(self.capacity), budget=self.budget)
 
     def read_fleet(self):
         self.reads += 1
@@ -80,8 +82,11 @@ class World:
             if n in self.dead or (n.startswith("c") and n not in self.assignment):
                 out[n] = {"reachable": False}
                 continue
+            # Read mid-round: part of the round in progress is already on the wire.
+            b_now = {k: b + int(self.in_progress(self.round) * 2 * MB)
+                     for k, b in self.counters.items()}
             links = {p: {"sent_bytes": b // 2, "received_bytes": b // 2}
-                     for (c, p), b in self.counters.items() if c == n}
+                     for (c, p), b in b_now.items() if c == n}
             out[n] = {"reachable": True, "links": links}
             if self.skewed and n.startswith("c"):
                 a = 0 if int(n[1:]) % 2 else 2
@@ -116,7 +121,8 @@ class World:
 def start(world, **settings):
     initial = policies.assign("min_comm_cost", world.fleet())
     world.assignment = dict(initial)
-    s = Settings(global_rounds=world.rounds, poll_s=1.0, **settings)
+    world.budget = settings.pop("budget", None)
+    s = Settings(budget=world.budget, global_rounds=world.rounds, poll_s=1.0, **settings)
     return Orchestrator(settings=s, hooks=world.hooks(), assignment=initial)
 
 
@@ -245,6 +251,53 @@ def test_a_budget_bounds_the_ga_once_a_round_is_priced_and_stops_it_when_spent()
     assert later[:7] == [None] * 7  # the bound holds: not told again
     assert isinstance(later[7], StopAt) and later[7].last_round == 10
     assert later[7].reason.startswith("budget spent")
+
+
+def test_the_bound_follows_the_price_of_a_round_as_its_estimate_sharpens():
+    w = World(global_rounds=200)
+    per_round = 2 * (4 * 20 + 4 * 20 + 2 * 100)
+    w.in_progress = lambda rnd: 0.0 if rnd <= 1 else 0.9  # first read at a round's start
+    o = start(w, budget=60.5 * per_round)
+    told = []
+    for _ in range(40):
+        d = o.stop_condition(look(o, w))
+        if isinstance(d, Bound):
+            o.record(d, w.round)
+            told.append(d.last_round)
+    # One round seen: priced 1.9x, the GA told to stop far too early; the price converges on
+    # the true one and the bound with it, in steps of two or more, to within a round of the
+    # true 60 (the loop sees 0.9 of the next round spent already).
+    assert told[0] < 40 and 59 <= told[-1] <= 60, told
+    assert all(b - a >= 2 for a, b in zip(told, told[1:], strict=False)), told
+
+
+def test_a_budget_edited_in_the_inventory_moves_the_bound_it_set_both_ways():
+    w = World(global_rounds=100)
+    per_round = 2 * (4 * 20 + 4 * 20 + 2 * 100)
+    o = start(w)
+    assert [o.stop_condition(look(o, w)) for _ in range(3)] == [None] * 3  # no budget: no bound
+    w.budget = 10.5 * per_round  # set mid-run: 10 rounds in all, 3 already spent
+    d = o.stop_condition(look(o, w))
+    assert isinstance(d, Bound) and d.last_round == 10
+    o.record(d, 4)
+    assert o.stop_condition(look(o, w)) is None  # told once
+    w.budget = 20.5 * per_round  # raised: the GA may go further than it was told
+    d = o.stop_condition(look(o, w))
+    assert isinstance(d, Bound) and d.last_round == 20
+    o.record(d, 6)
+    w.budget = None  # removed: the GA's own 100 rounds again
+    d = o.stop_condition(look(o, w))
+    assert isinstance(d, Bound) and d.last_round == 100 and "no longer bounds" in d.reason
+    o.record(d, 7)
+    assert o.stop_condition(look(o, w)) is None
+
+
+def test_the_loop_tells_the_ga_each_bound_an_edited_budget_sets():
+    w = World(global_rounds=100, script={4: lambda w: setattr(w, "budget", 10.5 * 720)})
+    summary = start(w, max_iterations=30).run()
+    assert [e["action"] for e in w.events if e["trigger"] == "budget"] == ["bound"]
+    assert w.last == 10 and summary["global_round"] == 10
+    assert summary["stop_reason"].startswith("budget: spent")
 
 
 def test_the_check_reverts_a_join_that_hurts_and_leaves_the_newcomer_out():
