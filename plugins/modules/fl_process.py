@@ -21,16 +21,14 @@ description:
   - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - Linux on the target (a pid counts as the service's only while C(/proc/<pid>/cmdline) names its
+    config and C(/proc/<pid>/stat) shows it alive).
+  - An interpreter O(python) with fl_service installed, Python 3.11 or later (role
+    hfl.orchestration.fl_runtime's venv, C(hfl_venv)).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.action_group
 options:
   name:
     description: Service name, used in messages.
@@ -109,7 +107,7 @@ notes:
     connection; its pid is checked against its command line, so a recycled pid is not mistaken
     for the service.
 seealso:
-  - module: hfl.orchestration.fl_status
+  - module: hfl.orchestration.fl_status_info
 """
 
 EXAMPLES = r"""
