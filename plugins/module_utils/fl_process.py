@@ -6,8 +6,8 @@ The folder holds ``config.yaml`` (written by the caller), ``digest`` (what the r
 was started with), ``pid``, ``service.log`` and, with mutual TLS, ``tls/`` (the service's key
 and certificate and the pipeline's CA, written before a start). ``ensure_running`` decides
 between nothing, a reload (SIGHUP: the config changed but not its digest) and a restart (the
-digest changed or the process is gone); ``ensure_absent`` stops the process and removes the
-folder.
+digest, which covers its credentials and the revision of its code, changed or the process is
+gone); ``ensure_absent`` stops the process and removes the folder.
 Standard library only: it runs on every target host, and importing it must not pull in
 Ansible, whose import-time patches (sys.intern) break torch.compile in a process that also
 trains (a pytest run of the whole suite).
@@ -129,12 +129,16 @@ def start(folder, argv, env):
     return proc
 
 
-def credentials_digest(digest, credentials):
-    """The digest a service runs with: the plan's and, with ``credentials`` (any JSON-able
-    holder of PEM texts), their content, so a new certificate or key restarts the service."""
-    if not credentials:
+def service_digest(digest, credentials=None, revision=None):
+    """The digest a service runs with, which a restart follows: the plan's (its config without
+    its parent) and, when given, its ``credentials`` (any JSON-able holder of PEM texts) and the
+    ``revision`` of the code it runs, so a new certificate or key, or new code under it, restarts
+    the service while a new parent only reloads it. Without either it is the plan's as is (what
+    services placed before either existed recorded)."""
+    extra = {k: v for k, v in (("credentials", credentials), ("revision", revision)) if v}
+    if not extra:
         return digest
-    text = json.dumps({"digest": digest, "credentials": credentials}, sort_keys=True)
+    text = json.dumps({"digest": digest, **extra}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

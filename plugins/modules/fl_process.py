@@ -15,9 +15,9 @@ description:
     C(service.log) and the service's C(state/) folder, and with O(credentials) the files its
     config's C(tls_cert), C(tls_key) and C(tls_ca) name (the plan puts them in C(tls/)).
   - With O(state=present) the process is started when it is not running, restarted when
-    O(digest) differs from the one it runs with, and sent C(SIGHUP) (re-read the config) when only
-    the config changed but not its digest, which is how a client moves to another parent without
-    a restart. Otherwise nothing happens.
+    O(digest), O(revision) or O(credentials) differ from those it runs with, and sent C(SIGHUP)
+    (re-read the config) when only the config changed but not its digest, which is how a client
+    moves to another parent without a restart. Otherwise nothing happens.
   - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
 author:
   - hfl.orchestration developers (@hfl)
@@ -55,6 +55,15 @@ options:
       - Identity of the configuration; a change restarts the process. Plans compute it as the
         sha256 of the config without C(parent) (and with the Flower app folder's digest when
         the service runs one). Required with O(state=present).
+    type: str
+  revision:
+    description:
+      - Identity of the code the service runs; a change restarts the process, as a new
+        O(digest) does, and a parent switch alone still only reloads it. Role fl_placement passes
+        the sha256 of the fl_service source the collection ships (what role fl_runtime installs
+        into the venv of O(python)), so a service restarts after an upgrade of fl_service and
+        not otherwise.
+      - Recorded with O(digest) in the service's folder. Without it the code is not followed.
     type: str
   python:
     description: Python interpreter that has fl_service installed.
@@ -215,6 +224,7 @@ def run_module():
             role=dict(type="str", choices=list(ROLES)),
             config=dict(type="dict"),
             digest=dict(type="str"),
+            revision=dict(type="str"),
             python=dict(type="path", default="python3"),
             environment=dict(type="dict", default={}),
             wait_timeout=dict(type="int", default=120),
@@ -256,7 +266,8 @@ def run_module():
     url = _ready_url(p["config"]) if p["wait_timeout"] > 0 else None
     try:
         action, pid = svc.ensure_running(
-            folder, config_text, svc.credentials_digest(p["digest"], p["credentials"]), argv,
+            folder, config_text, svc.service_digest(p["digest"], p["credentials"], p["revision"]),
+            argv,
             env, url, p["wait_timeout"], check=module.check_mode,
             name=p["config"].get("name", p["name"]), files=files,
             tls=_tls_paths(p["config"]))

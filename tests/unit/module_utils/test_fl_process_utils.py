@@ -184,7 +184,7 @@ def test_a_tls_service_gets_its_credentials_and_is_checked_with_its_own_certific
 
     def place(texts):
         files = {paths[k]: texts[k] for k in paths}
-        return ensure(paths, svc.credentials_digest("d1", texts), files=files, tls=tls)
+        return ensure(paths, svc.service_digest("d1", texts), files=files, tls=tls)
 
     action, pid = place(first)
     assert action == "start"
@@ -213,8 +213,28 @@ def test_a_plain_server_on_a_tls_services_port_is_not_taken_for_it(service, serv
     assert svc.running_pid(folder) is None
 
 
-def test_the_credentials_digest_follows_the_credentials():
-    assert svc.credentials_digest("d1", None) == "d1"
-    one = svc.credentials_digest("d1", {"tls_key": "a"})
-    assert one != "d1" and one == svc.credentials_digest("d1", {"tls_key": "a"})
-    assert one != svc.credentials_digest("d1", {"tls_key": "b"})
+def test_the_service_digest_follows_the_credentials_and_the_code_revision():
+    assert svc.service_digest("d1") == "d1"
+    one = svc.service_digest("d1", {"tls_key": "a"})
+    assert one != "d1" and one == svc.service_digest("d1", {"tls_key": "a"})
+    assert one != svc.service_digest("d1", {"tls_key": "b"})
+    code = svc.service_digest("d1", revision="r1")
+    assert code not in ("d1", one) and code == svc.service_digest("d1", None, "r1")
+    assert code != svc.service_digest("d1", revision="r2")
+    assert svc.service_digest("d1", {"tls_key": "a"}, "r1") not in (one, code)
+
+
+def test_new_code_restarts_the_service_and_a_new_parent_alone_still_reloads_it(service):
+    """What a controller upgrade does: the same config under a new revision restarts; a parent
+    switch under the same revision reloads; nothing new leaves it alone."""
+    folder, ensure, url = service
+    old, new = svc.service_digest("d1", revision="r1"), svc.service_digest("d1", revision="r2")
+    action, pid = ensure({"parent": "la1"}, old)
+    assert action == "start"
+    assert ensure({"parent": "la1"}, old) == ("unchanged", pid)
+    assert ensure({"parent": "la2"}, old) == ("reload", pid)
+    assert ensure({"parent": "la2"}, new, check=True) == ("restart", pid)
+    assert svc.running_pid(folder) == pid  # check mode restarted nothing
+    action, upgraded = ensure({"parent": "la2"}, new)
+    assert action == "restart" and upgraded != pid and status(url)["pid"] == upgraded
+    assert ensure({"parent": "la2"}, new) == ("unchanged", upgraded)
