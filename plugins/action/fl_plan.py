@@ -11,6 +11,9 @@ import sys
 
 import yaml
 from ansible.plugins.action import ActionBase
+from ansible_collections.hfl.orchestration.plugins.module_utils.args_common import (
+    PIPELINE_ARG_SPEC,
+)
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import flower_app, plan, topology
 
 APP_CHECK_FILE = "app-check.json"  # in the pipeline folder: the last import check that passed
@@ -115,8 +118,8 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self.validate_argument_spec(argument_spec=dict(
-            pipeline=dict(type="str"),
             assignment_file=dict(type="path"),
+            **PIPELINE_ARG_SPEC,
         ))[1]
         try:
             hosts, groups = inventory_view(task_vars)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from ansible.plugins.action import ActionBase
 from ansible_collections.hfl.orchestration.plugins.action.fl_plan import inventory_view
+from ansible_collections.hfl.orchestration.plugins.module_utils.args_common import (
+    PIPELINE_ARG_SPEC,
+)
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import report, topology
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import fleet_of
 
@@ -25,9 +28,9 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self.validate_argument_spec(argument_spec=dict(
-            pipeline=dict(type="str"),
             pipeline_dir=dict(type="path"),
             dest=dict(type="path"),
+            **PIPELINE_ARG_SPEC,
         ))[1]
         try:
             topo = topology.build(*inventory_view(task_vars), pipeline=args["pipeline"])

@@ -181,7 +181,7 @@ class ActionModule(ActionBase):
             statuses = fetch_all(services, self._args["status_timeout"], self._local_tls())
         else:
             out = self._execute_module(
-                module_name="hfl.orchestration.fl_status",
+                module_name="hfl.orchestration.fl_status_info",
                 module_args=dict(services=services, timeout=self._args["status_timeout"],
                                  **self._tls()),
                 task_vars=self._vars)

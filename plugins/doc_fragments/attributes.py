@@ -2,7 +2,7 @@
 # Apache License 2.0
 """The attributes every module of the collection shares (the style of community.general's
 ``attributes`` fragment): each supports check mode fully, none supports diff mode, all run on
-POSIX hosts. A module adds its own ``details`` under ``attributes`` where it has something to say."""
+POSIX hosts. A module adds its own ``details`` under ``attributes`` where it has more to say."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ attributes:
     platforms: posix
 """
 
-    # With DOCUMENTATION, for a module that only reads.
+    # With DOCUMENTATION, for a module that only reads. List it before
+    # hfl.orchestration.attributes: where two fragments set one key, the first listed wins.
     INFO_MODULE = r"""
 options: {}
 attributes:

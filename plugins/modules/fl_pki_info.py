@@ -25,16 +25,13 @@ description:
   - Role fl_pki runs community.crypto only for what this lists.
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - The controller's Python, 3.11 or later (ansible-core 2.19's), with C(cryptography) (which
+    community.crypto needs too).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
+  - hfl.orchestration.attributes.info_module
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.controller
 options:
   dir:
     description: The pipeline's credentials folder on the controller (C(hfl_pki_dir)).

@@ -32,21 +32,20 @@ description:
   - Runs on the controller; use it with C(run_once) so the facts reach every host of the play.
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - The controller's Python, 3.11 or later (ansible-core 2.19's); C(tomllib) reads a Flower app's
+    C(pyproject.toml).
+  - With C(hfl_flower_app), C(flwr) and the app's own dependencies in that Python for the import
+    check of its components (without C(flwr) the check is skipped with a warning).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.controller
+  - hfl.orchestration.attributes.action_group
+  - hfl.orchestration.pipeline
 attributes:
   check_mode:
-    support: full
     details: Computes the plan and reports whether plan.json would change; writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
-  pipeline:
-    description: With several pipelines in one inventory, the one to plan.
-    type: str
   assignment_file:
     description:
       - A JSON or YAML file on the controller mapping client names to parent names, either at

@@ -25,16 +25,12 @@ description:
     what it returns to the Prometheus host.
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - The controller's Python, 3.11 or later (ansible-core 2.19's), with C(numpy) (requirements.txt).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
+  - hfl.orchestration.attributes.info_module
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.controller
 options:
   plan:
     description: The plan from M(hfl.orchestration.fl_plan).
@@ -83,4 +79,24 @@ constants:
   description: A Prometheus rule file (one group) of the pipeline's constants.
   returned: success
   type: dict
+  contains:
+    groups:
+      description: One rule group.
+      type: list
+      elements: dict
+      contains:
+        name:
+          description: The group's name, C(<job>-constants).
+          type: str
+          sample: hfl-demo-constants
+        rules:
+          description:
+            - Recording rules, each with C(record), C(expr) (a C(vector(<value>))) and C(labels).
+            - C(hfl:link_cost_weight) per link the inventory allows (labels C(pipeline),
+              C(child), C(parent)), C(hfl:budget_units) when C(hfl_budget) is set, and
+              C(hfl:round_stall_factor) (label C(pipeline)).
+          type: list
+          elements: dict
+          sample: [{"record": "hfl:round_stall_factor", "expr": "vector(3.0)",
+                    "labels": {"pipeline": "demo"}}]
 """

@@ -26,21 +26,17 @@ description:
   - Runs on the controller; use it with C(run_once).
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - The controller's Python, 3.11 or later (ansible-core 2.19's), with C(matplotlib) and C(numpy)
+    (requirements.txt).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.controller
+  - hfl.orchestration.pipeline
 attributes:
   check_mode:
-    support: full
     details: reports whether the file would change; writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
-  pipeline:
-    description: With several pipelines in one inventory, the one to report.
-    type: str
   pipeline_dir:
     description: The pipeline's state folder; default C(<hfl_state_dir>/<pipeline>).
     type: path

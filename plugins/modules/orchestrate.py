@@ -20,10 +20,10 @@ description:
     task's host (delegate it to the global aggregator's host; where that host is the controller,
     C(ansible_connection=local), the reads and the global aggregator's C(/control) run inside
     the plugin and an iteration takes milliseconds, elsewhere they run there as
-    M(hfl.orchestration.fl_status) and M(ansible.builtin.uri); on podman and k3s a client, whose
-    pod publishes no port, counts as reachable while its parent lists it among its children,
-    and shows no class histogram), and books the measured bytes on
-    every uplink times that link's C(hfl_link_cost) (unit C(MB x weight)).
+    M(hfl.orchestration.fl_status_info) and M(ansible.builtin.uri); on podman and k3s a client,
+    whose pod publishes no port, counts as reachable while its parent lists it among its
+    children, and shows no class histogram), and books the measured bytes on every uplink times
+    that link's C(hfl_link_cost) (unit C(MB x weight)).
   - Decide. Triggers are a node joining or leaving, a service failing (two missed /status in a
     row) or recovering, and a learning stall (loss rising or accuracy flat over O(stall_window)
     rounds). The configuration model C(hfl_config_model) (C(min_comm_cost), C(min_kld), C(flat))
@@ -45,21 +45,20 @@ description:
   - Every decision is one JSON line in C(<hfl_state_dir>/<pipeline>/events.jsonl).
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - The controller's Python, 3.11 or later (ansible-core 2.19's), with C(numpy) and
+    C(ansible-runner) (requirements.txt), and C(ansible-playbook) on C(PATH) next to it (the venv's
+    C(bin)).
+  - Where the task's host is not the controller, Python 3.8 or later there for
+    M(hfl.orchestration.fl_status_info) and M(ansible.builtin.uri).
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.action_group
+  - hfl.orchestration.pipeline
 attributes:
   check_mode:
-    support: full
     details: observes once and returns the plan it would apply; places nothing, writes nothing.
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
 options:
-  pipeline:
-    description: With several pipelines in one inventory, the one to orchestrate.
-    type: str
   inventory:
     description: Inventory sources to re-read; default the ones this run was given.
     type: list
@@ -102,7 +101,6 @@ options:
 notes:
   - "The global aggregator is told its last round with C(POST /control) C({global_rounds: N});
     if it refuses, it is re-placed with C(hfl_global_rounds=N) and resumes from its checkpoint."
-  - C(ansible-playbook) must be on PATH next to the running Python (the venv's bin).
 """
 
 EXAMPLES = r"""

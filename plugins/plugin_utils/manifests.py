@@ -558,11 +558,11 @@ def stale(objects, text):
 
 
 def clients_not_joined(plan, statuses):
-    """The plan's clients whose parent's /status (``statuses``: name -> document, as fl_status
-    returns them) does not list them among its children, in plan order; none once the global
-    aggregator reports ``finished`` (a parent forgets a child that missed a round, and after
-    the last round no child comes back). On podman and k3s a client publishes no port, so its
-    join is read at its parent."""
+    """The plan's clients whose parent's /status (``statuses``: name -> document, as
+    fl_status_info returns them) does not list them among its children, in plan order; none
+    once the global aggregator reports ``finished`` (a parent forgets a child that missed a
+    round, and after the last round no child comes back). On podman and k3s a client publishes
+    no port, so its join is read at its parent."""
     ga = next(s["name"] for s in plan["services"] if s["role"] == "global_aggregator")
     if (statuses.get(ga) or {}).get("state") == "finished":
         return []

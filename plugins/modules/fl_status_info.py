@@ -6,9 +6,9 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: fl_status
+module: fl_status_info
 short_description: Read the /status of fl_service services from the host it runs on
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Fetches C(GET /status) of each service given, concurrently, from the target host (run it
     where the services are reachable, on their own host or on the global aggregator's host,
@@ -30,18 +30,19 @@ description:
     given; else another process holds its port).
   - Otherwise it fails after O(wait_timeout) seconds, listing what it still waited for.
   - Reads only; changes nothing.
+  - This module was called C(hfl.orchestration.fl_status) before release 0.2.0; that name still
+    works, with a deprecation warning, until release 1.0.0.
 author:
   - hfl.orchestration developers (@hfl)
+requirements:
+  - Python 3.8 or later on the host it runs on (ansible-core's target Python; the module needs
+    nothing beyond it).
+  - With O(podman_pipeline), C(podman) on that host, run as the user that runs the pods.
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    support: full
-    platforms: posix
+  - hfl.orchestration.attributes.info_module
+  - hfl.orchestration.attributes
+  - hfl.orchestration.attributes.action_group
+  - hfl.orchestration.tls_client
 options:
   services:
     description: The services to read.
@@ -106,31 +107,18 @@ options:
       - While waiting, each service's C(/status) must name this pipeline (as well as the service's
         own name, which is always checked), else the wait fails at once (something else answers
         on its port).
+      - For a pipeline with mutual TLS this needs O(client_cert) (without one a service's
+        C(/status) names no pipeline and the check fails).
     type: str
   pids:
     description:
       - While waiting, the pid each named service must report in its C(/status) (the process
         runtime's pids, as C(hfl.orchestration.fl_process) returns them), else the wait fails at
         once.
+      - Like O(pipeline), needs O(client_cert) for a pipeline with mutual TLS (without one a
+        service's C(/status) names no pid).
     type: dict
     default: {}
-  ca:
-    description:
-      - The pipeline's CA certificate (PEM) on the host the module runs on; an C(https) service
-        must present a certificate it signed, naming the URL's host.
-      - Without it, the system's trust store is used (which does not know a pipeline's CA).
-    type: path
-  client_cert:
-    description:
-      - A certificate of the pipeline (PEM) on the host the module runs on, presented to each
-        service, with O(client_key). Without one a service answers C(/status) with no more than
-        that it is alive, and the identity checks of O(pipeline) and O(pids) fail.
-      - On a service's host, that service's own certificate; on the controller, the
-        controller's (role fl_pki).
-    type: path
-  client_key:
-    description: The private key of O(client_cert) (PEM) on the host the module runs on.
-    type: path
   podman_pipeline:
     description:
       - While waiting, read the pods labelled C(hfl.io/pipeline=<this>) on the host the module
@@ -141,7 +129,7 @@ options:
 
 EXAMPLES = r"""
 - name: Read one service
-  hfl.orchestration.fl_status:
+  hfl.orchestration.fl_status_info:
     services:
       - name: ga
         url: http://127.0.0.1:8080/status
@@ -152,7 +140,7 @@ EXAMPLES = r"""
     msg: "{{ hfl_ga.statuses.ga.global_round }}"
 
 - name: Wait until every service of the plan answers, failing at once on a dead pod
-  hfl.orchestration.fl_status:
+  hfl.orchestration.fl_status_info:
     services:
       - {name: ga, url: "http://127.0.0.1:8080/status"}
       - {name: la1, url: "http://127.0.0.1:8081/status", parent: ga}
@@ -162,7 +150,7 @@ EXAMPLES = r"""
     podman_pipeline: demo
 
 - name: Read a service of a pipeline with mutual TLS, from the global aggregator's host
-  hfl.orchestration.fl_status:
+  hfl.orchestration.fl_status_info:
     services:
       - {name: la1, url: "https://10.0.0.2:8080/status"}
     ca: ~/.local/state/hfl/demo/ga/tls/ca.crt
@@ -170,7 +158,7 @@ EXAMPLES = r"""
     client_key: ~/.local/state/hfl/demo/ga/tls/service.key
 
 - name: Read every service of the plan
-  hfl.orchestration.fl_status:
+  hfl.orchestration.fl_status_info:
     services: "{{ hfl_status_services }}"
   vars:
     hfl_status_services: >-
@@ -181,13 +169,76 @@ EXAMPLES = r"""
 RETURN = r"""
 statuses:
   description:
-    - Service name to its /status document (see docs/architecture.md) plus C(reachable=true),
-      or C({reachable=false, error}) when it did not answer.
+    - Service name (O(services[].name)) to its C(/status) document (all its keys are in
+      docs/architecture.md) plus C(reachable=true), or C({reachable=false, error, timed_out})
+      when it did not answer. The keys most used are listed below.
+    - Read without O(client_cert) from a pipeline with mutual TLS, a document holds only
+      C(alive=true) and C(reachable).
   returned: always
   type: dict
   sample:
-    ga: {reachable: true, role: global_aggregator, state: training, global_round: 3}
+    ga: {reachable: true, name: ga, role: global_aggregator, pipeline: demo, state: training,
+         global_round: 3, pid: 4242}
     la2: {reachable: false, error: "[Errno 111] Connection refused", timed_out: false}
+  contains:
+    reachable:
+      description: Whether the service answered with a JSON object.
+      type: bool
+    error:
+      description: Why it did not answer (when C(reachable=false)).
+      type: str
+      sample: "[Errno 111] Connection refused"
+    timed_out:
+      description: It did not answer within O(timeout) (when C(reachable=false)).
+      type: bool
+    name:
+      description: The service's name, as its config gives it.
+      type: str
+      sample: la1
+    role:
+      description: Its role.
+      type: str
+      choices: [global_aggregator, local_aggregator, client]
+    pipeline:
+      description: The pipeline it belongs to.
+      type: str
+    parent:
+      description: Address (C(host:port)) of its parent; null for the global aggregator.
+      type: str
+    parent_name:
+      description: Service name of its parent.
+      type: str
+    parent_error:
+      description: The error of its last failed attempt to join its current parent; null once a
+        join succeeded.
+      type: str
+      sample: "ga:8080: [Errno -2] Name or service not known"
+    state:
+      description: Where it is in the protocol.
+      type: str
+      choices: [starting, waiting, training, aggregating, finished]
+    global_round:
+      description: Its current global round (C(hfl_global_round) of its C(/metrics)).
+      type: int
+    global_rounds:
+      description: The global aggregator's last global round to run, the value in force; null on
+        the other services.
+      type: int
+    last_metrics:
+      description: Its last test C(accuracy) and C(loss).
+      type: dict
+      sample: {accuracy: 0.91, loss: 0.32}
+    links:
+      description: Per peer, C(sent_bytes) and C(received_bytes) so far.
+      type: dict
+      sample: {ga: {sent_bytes: 1234567, received_bytes: 2345678}}
+    children:
+      description: Names of the children connected to it, sorted (aggregators; empty on a client).
+      type: list
+      elements: str
+    pid:
+      description: Its process id on its host (the process runtime checks it).
+      type: int
 elapsed_s:
   description: Seconds the module read or waited.
   returned: always
@@ -199,6 +250,10 @@ import functools  # noqa: E402 - after the docs
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.hfl.orchestration.plugins.module_utils.args_common import (  # noqa: E402
+    TLS_CLIENT_ARG_SPEC,
+    TLS_CLIENT_REQUIRED_TOGETHER,
+)
 from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (  # noqa: E402
     WaitFailed,
     Watch,
@@ -227,11 +282,9 @@ def run_module():
             pipeline=dict(type="str"),
             pids=dict(type="dict", default={}),
             podman_pipeline=dict(type="str"),
-            ca=dict(type="path"),
-            client_cert=dict(type="path"),
-            client_key=dict(type="path", no_log=False),
+            **TLS_CLIENT_ARG_SPEC,
         ),
-        required_together=[("client_cert", "client_key")],
+        required_together=TLS_CLIENT_REQUIRED_TOGETHER,
         supports_check_mode=True,
     )
     p = module.params
