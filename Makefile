@@ -7,7 +7,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export OMP_NUM_THREADS := 1
 DEMO_INVENTORY ?= inventories/local
 
-.PHONY: setup demo test lint sanity unit integration
+.PHONY: setup demo test lint changelog sanity unit integration
 
 setup:
 	scripts/setup.sh
@@ -17,9 +17,16 @@ demo: setup
 	ansible-playbook -i $(DEMO_INVENTORY) playbooks/site.yml
 	python scripts/demo_summary.py -i $(DEMO_INVENTORY)
 
+# antsibull-changelog lint: every fragment in changelogs/fragments/ (and changelog.yaml) is valid.
 lint:
 	ruff check .
 	ansible-lint
+	antsibull-changelog lint
+	antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+# CHANGELOG.md is generated from changelogs/changelog.yaml, never edited by hand.
+changelog:
+	antsibull-changelog generate
 
 sanity:
 	scripts/sanity.sh
