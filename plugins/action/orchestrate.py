@@ -35,7 +35,11 @@ from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import
     fetch_all,
     tls_options,
 )
-from ansible_collections.hfl.orchestration.plugins.plugin_utils import plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
+    flower_app,
+    plan,
+    topology,
+)
 from ansible_collections.hfl.orchestration.plugins.plugin_utils.observation import (
     clients_seen_by_parents,
     fleet_of,
@@ -225,8 +229,9 @@ class ActionModule(ActionBase):
         os.replace(tmp, path)
         extravars = {"hfl_assignment_file": str(path), "hfl_state_dir": str(self._dir.parent),
                      **self._place_extra}
-        self._runner("place.yml", extravars,
-                     ":".join([topology.CLUSTER_GROUP, *(f"!{h}" for h in left_out)]))
+        hosts = [h for h in self._hosts_to_place(full) or [] if h not in left_out]
+        self._runner("place.yml", extravars, ",".join(hosts) or ":".join(
+            [topology.CLUSTER_GROUP, *(f"!{h}" for h in left_out)]))
         gone = sorted(set(left_out) - self._stopped)
         if gone:  # collect what they wrote, then stop them for good
             try:
@@ -252,6 +257,23 @@ class ActionModule(ActionBase):
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, TLS: each is a "no"
             return str(getattr(e, "reason", e))
         return None
+
+    def _hosts_to_place(self, assignment):
+        """On the process runtime, the hosts whose services the new plan changes (a moved or
+        new client): placing only them spares every other host its tasks. None (every host
+        but those left out) on podman and k3s, whose pods one host places, or when the running
+        plan is unknown."""
+        if self._topo.pipeline.runtime != "process":
+            return None
+        try:
+            running = json.loads((self._dir / "plan.json").read_text())
+            app = None
+            if self._topo.pipeline.flower_app and "app" in running:
+                app = flower_app.load(running["app"]["source"], f"host {self._topo.ga.name}")
+            planned = plan.make_plan(self._topo, assignment, app)
+        except (OSError, ValueError, KeyError, topology.TopologyError):
+            return None  # place.yml's own plan says what is wrong, if anything
+        return plan.hosts_to_place(running, planned)
 
     def _set_last_round(self, n):
         failed = self._post_control({"global_rounds": n})

@@ -478,10 +478,11 @@ class Orchestrator:
             # Each step decides on what the previous one's decision, carried out, left.
             for step in (self.stop_condition, self.verify, self.decide):
                 d = step(rnd)
-                applied_at = None
+                applied_at = placed_in = None
                 if isinstance(d, LastRound):
                     h.set_last_round(d.last_round)
                 elif isinstance(d, Reassign):
+                    began = h.clock()
                     try:
                         h.apply(d.assignment, d.left_out)
                     except Exception as e:  # noqa: BLE001 - a failed placement ends the loop
@@ -491,8 +492,12 @@ class Orchestrator:
                         # change counts from the round the GA is at once it is in place.
                         ga = completed_round(h.observe([fleet.ga]).get(fleet.ga))
                         applied_at = max(rnd, ga)
+                        placed_in = round(h.clock() - began, 3)
                 if d is not None:
-                    h.emit(self.record(d, rnd, applied_at))
+                    event = self.record(d, rnd, applied_at)
+                    if placed_in is not None:
+                        event["placement_s"] = placed_in  # decided at ts - placement_s
+                    h.emit(event)
                 if self.stop_reason is not None:  # stopped, or the GA told to stop
                     break
             if self.stop_reason is not None and not self._stopping:

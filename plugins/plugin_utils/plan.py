@@ -191,6 +191,19 @@ def _config(topology, service, parent, app=None):
     return cfg
 
 
+def hosts_to_place(running, planned):
+    """The hosts of ``planned`` whose services would be placed differently than in the
+    ``running`` plan: a service new to it, on another host, or with another config or digest
+    (a client's new parent is a new config). Re-placing only these leaves the rest alone."""
+    before = {s["name"]: s for s in running.get("services", [])}
+    hosts = set()
+    for s in planned["services"]:
+        old = before.get(s["name"])
+        if old is None or any(old.get(k) != s[k] for k in ("host", "config", "digest")):
+            hosts.add(s["host"])
+    return sorted(hosts)
+
+
 def make_plan(topology, assignment=None, app=None):
     """The plan dict for ``topology``; ``assignment`` (client -> parent name) overrides the
     inventory's choice for the clients it names (the orchestrator's re-placement). ``app`` is

@@ -102,6 +102,7 @@ class World:
     def apply(self, assignment, left_out):
         self.applied.append((dict(assignment), list(left_out)))
         self.assignment = dict(assignment)
+        self.now += 3.5  # placement takes a while
 
     def set_last_round(self, n):
         self.last = n
@@ -354,6 +355,7 @@ def test_a_join_is_placed_and_its_change_cost_booked():
     ev = w.events[-1]
     assert ev["trigger"] == "join: c9" and "c9" not in ev["plan_before"]
     assert ev["plan_after"]["c9"] == "la1" and ev["change_cost"] > 0
+    assert ev["placement_s"] == 3.5  # the event says when it was decided: ts - placement_s
     assert o.pending is None  # the check is off
 
 

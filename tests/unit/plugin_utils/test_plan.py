@@ -64,6 +64,24 @@ def test_digest_ignores_parent_but_not_training_settings():
     assert changed["la1"]["digest"] == base["la1"]["digest"]
 
 
+def test_only_the_hosts_a_change_touches_are_placed_again():
+    running = plan.make_plan(build())
+    assert plan.hosts_to_place(running, plan.make_plan(build())) == []  # nothing to do
+    assert plan.hosts_to_place(running, plan.make_plan(build(), {"c1": "la2"})) == ["c1"]
+    # A join: with room for it in hfl_num_partitions the others' partitions stay as they are.
+    hosts, groups = local_hfl(c5={**local_hfl()[0]["c4"], "hfl_port": 8095, "hfl_parent": "la1"})
+    for h in hosts.values():
+        h["hfl_num_partitions"] = 6
+    running = plan.make_plan(topology.build(*without(hosts, groups, "c5")))
+    groups["edge"].append("c5")
+    groups["hfl_cluster"].append("c5")
+    joined = plan.make_plan(topology.build(hosts, groups))
+    assert plan.hosts_to_place(running, joined) == ["c5"]
+    retrained = plan.make_plan(topology.build(*without(hosts, groups, "c5")))
+    by_name(retrained)["c2"]["config"]["local_epochs"] = 3  # one service's config changed
+    assert plan.hosts_to_place(running, retrained) == ["c2"]
+
+
 def test_assignment_override_is_checked():
     with pytest.raises(topology.TopologyError) as e:
         plan.make_plan(build(la2={"hfl_capacity": 2}), {"c1": "la2", "c9": "la1", "c2": "c3"})
