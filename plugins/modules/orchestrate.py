@@ -134,6 +134,25 @@ cost:
   description: Cumulative cost (total, measured, booked), per-round cost, budget and remaining.
   returned: success
   type: dict
+  contains:
+    total:
+      description: Cost so far, measured plus booked (unit C(MB x weight)).
+      type: float
+    measured:
+      description: Cost of the bytes measured on the links.
+      type: float
+    booked:
+      description: Cost booked without being measured (reconfigurations, reverts).
+      type: float
+    per_round:
+      description: The cost of one global round with the current assignment.
+      type: float
+    budget:
+      description: C(hfl_budget), or null without one.
+      type: float
+    remaining:
+      description: Budget left, or null without a budget.
+      type: float
 assignment:
   description: Client to parent at the end (in check mode, the one it would apply).
   returned: always
