@@ -126,6 +126,9 @@ def measure_join(p: Running) -> float:
     began = time.time()
     hosts_yml(p).write_text(yaml.safe_dump(doc, sort_keys=False))
     seen = p.wait(lambda: p.first_update("c5", "la1", began), "c5's first update")
+    # c5 trains before its placement's last checks are done: the loop is back on watch only
+    # once the join's event is written.
+    p.wait(lambda: any(e["trigger"] == "join: c5" for e in p.events()), "the join's event")
     return seen - began
 
 
