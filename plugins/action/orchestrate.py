@@ -10,7 +10,7 @@ ansible-runner, the GA told its last round, events appended to events.jsonl.
 Where the task's host (the GA's) is this machine (connection local) the fetches and the GA's
 /control run in this process: an iteration then takes milliseconds, where executing a module
 takes a second or more and lets fast rounds run past a decision. Elsewhere they run there as
-the modules fl_status and ansible.builtin.uri.
+the modules fl_status_info and ansible.builtin.uri.
 """
 
 from __future__ import annotations
@@ -158,7 +158,8 @@ class ActionModule(ActionBase):
 
     def _tls(self, ca_option="ca"):
         """The GA's credentials on the GA's host (where this runs) as module options
-        (fl_status: ca, ansible.builtin.uri: ca_path), or {} for a pipeline with hfl_insecure."""
+        (fl_status_info: ca, ansible.builtin.uri: ca_path), or {} for a pipeline with
+        hfl_insecure."""
         paths = plan.tls_paths(self._topo, self._topo.ga)
         if not paths:
             return {}
@@ -190,7 +191,7 @@ class ActionModule(ActionBase):
                                  **self._tls()),
                 task_vars=self._vars)
             if out.get("failed"):
-                raise RuntimeError(f"fl_status failed: {out.get('msg')}")
+                raise RuntimeError(f"fl_status_info failed: {out.get('msg')}")
             statuses = out["statuses"]
         if in_pods:
             statuses.update(clients_seen_by_parents(in_pods, statuses))
