@@ -1,8 +1,8 @@
 """A controller upgrade on the process runtime: place.yml from a copy of the collection installs
 fl_service into each host's own venv and starts the services; a new fl_service version in that
-copy (the controller upgraded) reinstalls it on every host and restarts the services that run
-it; a change that is not fl_service's code (a lint setting in pyproject.toml) reinstalls and
-restarts nothing.
+copy (the controller upgraded) is reported by check mode without a change, then reinstalled on
+every host, restarting the services that run it; a change that is not fl_service's code (a lint
+setting in pyproject.toml) reinstalls and restarts nothing.
 
 Each host gets a fresh venv that sees the project venv's packages through a .pth file (torch and
 the rest are found there, fl_service is not: an editable install's finder is not loaded from a
@@ -79,9 +79,9 @@ def upgradable(tmp_path):
     inventory = local_inventory(tmp_path, edit)
     env = {**ansible_env(), "ANSIBLE_COLLECTIONS_PATH": str(tmp_path / "collections")}
 
-    def place(*playbook):
+    def place(playbook="place.yml", *options):
         argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(inventory),
-                str(collection / "playbooks" / (playbook[0] if playbook else "place.yml"))]
+                str(collection / "playbooks" / playbook), *options]
         return PlaybookRun(run_group(argv, cwd=ROOT, env=env, text=True, timeout=600,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
 
@@ -104,6 +104,11 @@ def test_an_upgraded_controller_upgrades_the_hosts_and_restarts_only_on_new_code
     assert set(before) == set(HOSTS)
 
     pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"'))
+    # Check mode says what would change and changes nothing on the hosts.
+    check = place("place.yml", "--check")
+    assert check.rc == 0 and check.changed > 0, check.why()
+    assert all(installed(venv)[0] == "0.1.0" for venv in venvs.values())
+    assert service_pids(hosts) == before
     upgrade = place()
     assert upgrade.rc == 0, upgrade.why()
     for venv in venvs.values():
