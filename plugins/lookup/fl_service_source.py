@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 name: fl_service_source
-version_added: 0.1.0
+version_added: 0.2.0
 short_description: The fl_service source this collection ships, and its version and sha256
 description:
   - Reads, on the controller, the C(fl_service) package and C(pyproject.toml) at the

@@ -65,6 +65,7 @@ options:
         not otherwise.
       - Recorded with O(digest) in the service's folder. Without it the code is not followed.
     type: str
+    version_added: 0.2.0
   python:
     description: Python interpreter that has fl_service installed.
     type: path
