@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from hfl_helpers import (  # noqa: E402
     ansible_env,
+    edit_reference,
     free_ports,
     local_inventory,
     playbook,
@@ -45,23 +46,12 @@ from hfl_helpers import (  # noqa: E402
 PIPELINE = "demo"
 
 
-def reference_shape(tiers, cluster_vars):
-    """Link costs client-LA 20 (near) or 60, LA-GA 100; room for a sixth partition."""
-    for la in tiers["fog"].values():
-        la["hfl_link_cost"] = {"ga": 100}
-    for name, c in tiers["edge"].items():
-        near = "la1" if name in ("c1", "c2") else "la2"
-        c["hfl_link_cost"] = {near: 20, ("la2" if near == "la1" else "la1"): 60}
-        c.pop("hfl_parent", None)
-    cluster_vars.update(hfl_global_rounds=1000, hfl_num_partitions=6)
-
-
 class Running:
     """A placed pipeline in `tmp` with the orchestrator attached."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
-        self.inventory = local_inventory(tmp, reference_shape)
+        self.inventory = local_inventory(tmp, edit_reference(rounds=1000))
         self.state = tmp / "controller" / PIPELINE
         self.orchestrator = None
 

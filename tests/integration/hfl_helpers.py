@@ -63,6 +63,22 @@ def local_inventory(tmp_path, edit=None, source=None):
     return write_inventory(tmp_path / "inventory", tiers, cluster_vars)
 
 
+def edit_reference(rounds, **extra):
+    """Link costs of the reference experiment: client-LA 20 or 60, LA-GA 100."""
+
+    def edit(tiers, cv):
+        for la in tiers["fog"].values():
+            la["hfl_link_cost"] = {"ga": 100}
+        for name, c in tiers["edge"].items():
+            near = "la1" if name in ("c1", "c2") else "la2"
+            c["hfl_link_cost"] = {near: 20, ("la2" if near == "la1" else "la1"): 60}
+            c.pop("hfl_parent", None)
+        # Room for a joining client without changing every client's partitioning (digest).
+        cv.update(hfl_global_rounds=rounds, hfl_num_partitions=6, **extra)
+
+    return edit
+
+
 _TASK = re.compile(r"^TASK \[(?P<task>.*)\] \*+$")
 _FAILED = re.compile(r"^(?:fatal|failed): \[(?P<host>[^\]]+)\](?P<item>.*?):?(?: FAILED!)? => ?"
                      r"(?P<inline>.*)$")

@@ -18,6 +18,7 @@ from hfl_helpers import (
     ROOT,
     ansible_env,
     call,
+    edit_reference,
     first_failure,
     free_ports,
     local_inventory,
@@ -29,22 +30,6 @@ from hfl_helpers import (
 
 pytestmark = pytest.mark.integration
 PIPELINE = "demo"
-
-
-def edit_reference(rounds, **extra):
-    """Link costs of the reference experiment: client-LA 20 or 60, LA-GA 100."""
-
-    def edit(tiers, cv):
-        for la in tiers["fog"].values():
-            la["hfl_link_cost"] = {"ga": 100}
-        for name, c in tiers["edge"].items():
-            near = "la1" if name in ("c1", "c2") else "la2"
-            c["hfl_link_cost"] = {near: 20, ("la2" if near == "la1" else "la1"): 60}
-            c.pop("hfl_parent", None)
-        # Room for a joining client without changing every client's partitioning (digest).
-        cv.update(hfl_global_rounds=rounds, hfl_num_partitions=6, **extra)
-
-    return edit
 
 
 class Pipeline:
