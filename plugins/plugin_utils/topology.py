@@ -45,8 +45,14 @@ CONTROLLER_CN = "hfl-controller"  # fl_pki's and fl_service's default controller
 SERVICE_VARS = (
     "hfl_role", "hfl_parent", "hfl_link_cost", "hfl_port", "hfl_bind_host", "hfl_address",
     "hfl_partition_id", "hfl_resources", "hfl_capacity", "hfl_allow_any_tier",
-    "hfl_host_state_dir", "hfl_threads", "hfl_device", "ansible_host", "ansible_connection",
+    "hfl_host_state_dir", "hfl_threads", "hfl_device", "hfl_supervisor", "ansible_host",
+    "ansible_connection",
 )
+
+
+# What runs a process-runtime service (module fl_process's supervisor): auto picks systemd where
+# it can.
+SUPERVISORS = ("auto", "systemd", "none")
 
 
 class TopologyError(Exception):
@@ -423,6 +429,10 @@ def _service(name, vars_, tier, errors):
     if threads is not None and (not _is_int(threads) or threads < 1):
         errors.append(f"host {name}: hfl_threads: must be an integer >= 1, got {threads!r}")
         threads = None
+    supervisor = vars_.get("hfl_supervisor", "auto")
+    if supervisor not in SUPERVISORS:
+        errors.append(f"host {name}: hfl_supervisor: must be one of {', '.join(SUPERVISORS)}, "
+                      f"got {supervisor!r}")
     return Service(
         name=name, role=role, tier=tier, address=address, bind_host=bind_host, port=port,
         machine=_machine(name, vars_),

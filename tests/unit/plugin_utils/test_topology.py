@@ -114,3 +114,9 @@ def test_no_ga_and_several_mistakes_reported_together():
     assert len(errs) == 2
     assert errs[0].startswith("host c2: hfl_link_cost")
     assert errs[1].startswith("pipeline demo: hfl_role: needs exactly one global_aggregator")
+
+
+def test_hfl_supervisor_is_auto_systemd_or_none():
+    topology.build(*local_hfl(ga={"hfl_supervisor": "systemd"}, c1={"hfl_supervisor": "none"}))
+    assert errors_of(*local_hfl(c2={"hfl_supervisor": "runit"})) == [
+        "host c2: hfl_supervisor: must be one of auto, systemd, none, got 'runit'"]
