@@ -48,6 +48,8 @@ KEYS: dict[str, Key] = {
     "classes_per_client": Key(int, 2, (CLIENT,), "label_skew: classes per client"),
     "partition_id": Key(int, 0, (CLIENT,), "which slice of the training split this client holds"),
     "num_partitions": Key(int, 1, (CLIENT,), "how many slices the training split is cut into"),
+    "label_slices": Key(str, "", (CLIENT,), "a stated label mix, CLASS:START:COUNT,... (the "
+                        "plan's from hfl_partition; overrides partitioner)"),
     "seed": Key(int, 0, ALL, "partitioning and initialisation seed"),
     "global_rounds": Key(int, 10, (GA,), "global rounds to run"),
     "local_rounds": Key(int, 1, (LA,), "LA rounds per global round (>= 1)"),

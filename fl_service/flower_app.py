@@ -13,7 +13,8 @@ naming its key):
   (`flwr.common.config.fuse_dicts`: a key the app does not declare is an error).
 
 Running: one `Context` for the life of the process (node_config `partition-id` and
-`num-partitions` from the service keys `partition_id` / `num_partitions`; `state` survives every
+`num-partitions` from the service keys `partition_id` / `num_partitions`, and `label-slices`
+from `label_slices` when the client states its label mix; `state` survives every
 task and every parent switch). Each task becomes a real `Message` (Metadata with message_type
 `train` or `evaluate`, message id = task id, group id = global round) whose content is
 `{"arrays": ArrayRecord, "config": ConfigRecord}`, exactly what a Flower strategy sends; the app
@@ -243,6 +244,8 @@ class ClientRunner:
         run_config = fuse_run_config(base, cfg.get("run_config") or {})
         node_config = {"partition-id": int(cfg.get("partition_id", 0)),
                        "num-partitions": int(cfg.get("num_partitions", 1))}
+        if cfg.get("label_slices"):
+            node_config["label-slices"] = str(cfg["label_slices"])
         self.context = Context(run_id=RUN_ID, node_id=node_id_of(str(cfg.get("name", ""))),
                                node_config=node_config, state=RecordDict(),
                                run_config=run_config)

@@ -10,8 +10,13 @@ left empty when there are at least as many examples as partitions.
 - `label_skew`: each partition holds `classes_per_client` classes; each class is split evenly
   among the partitions that hold it (classes held by nobody are left out).
 
+A client whose inventory states its label mix (`hfl_partition`) gets `label_slices` instead:
+"CLASS:START:COUNT,...", positions in a seeded shuffle of each class (`stated`). The plan gives
+every such client its own START per class, so stated partitions never overlap.
+
 `client_partition(cfg, train_dataset)` returns this client's `Subset`, using the config keys
-`partitioner`, `dirichlet_alpha`, `classes_per_client`, `partition_id`, `num_partitions`, `seed`.
+`label_slices`, else `partitioner`, `dirichlet_alpha`, `classes_per_client`, `partition_id`,
+`num_partitions`, `seed`.
 """
 
 from __future__ import annotations
@@ -89,6 +94,29 @@ def label_skew(
     return [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
 
 
+def parse_label_slices(text: str) -> dict[int, tuple[int, int]]:
+    """"3:0:100,7:100:50" -> {3: (0, 100), 7: (100, 50)}: class -> (start, count)."""
+    slices = {}
+    for item in text.split(","):
+        cls, start, count = (int(v) for v in item.split(":"))
+        slices[cls] = (start, count)
+    return slices
+
+
+def stated(labels: np.ndarray, slices: Mapping[int, tuple[int, int]], seed: int) -> np.ndarray:
+    """Positions start..start+count of each class's seeded shuffle. The shuffle depends only on
+    the seed and the class, so clients given disjoint ranges get disjoint examples."""
+    parts = []
+    for cls, (start, count) in sorted(slices.items()):
+        members = np.flatnonzero(labels == cls)
+        if start + count > len(members):
+            raise ValueError(f"label_slices: class {cls} has {len(members)} examples, this "
+                             f"client's slice ends at {start + count}")
+        order = np.random.default_rng([seed, cls]).permutation(members)
+        parts.append(order[start:start + count])
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
 def partition_indices(cfg: Mapping[str, Any], labels: np.ndarray) -> list[np.ndarray]:
     """Index arrays of all `num_partitions` partitions, as the config's partitioner makes them."""
     num_partitions = int(cfg["num_partitions"])
@@ -106,7 +134,11 @@ def partition_indices(cfg: Mapping[str, Any], labels: np.ndarray) -> list[np.nda
 
 
 def client_partition(cfg: Mapping[str, Any], train_dataset: Dataset) -> Subset:
-    """This client's slice (cfg["partition_id"]) of the training set."""
+    """This client's slice of the training set: its label_slices, else cfg["partition_id"]."""
+    if cfg.get("label_slices"):
+        slices = parse_label_slices(cfg["label_slices"])
+        return Subset(train_dataset, stated(dataset_labels(train_dataset), slices,
+                                            int(cfg["seed"])).tolist())
     partition_id = int(cfg["partition_id"])
     num_partitions = int(cfg["num_partitions"])
     if not 0 <= partition_id < num_partitions:

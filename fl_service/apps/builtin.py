@@ -9,8 +9,8 @@ this app runs).
 Everything comes from the Context: `run_config` holds the service's keys `RUN_CONFIG_KEYS`
 under their own names (the client fills them from its config: `run_config(cfg)`; the config key
 `run_config` may override them), `node_config` the partition (`partition-id`,
-`num-partitions`). The task functions get them as one `cfg` mapping (those keys plus
-`partition_id` and `num_partitions`).
+`num-partitions`, `label-slices`). The task functions get them as one `cfg` mapping (those keys
+plus `partition_id`, `num_partitions` and `label_slices`).
 
 Per process, and per such cfg, the model, the data partition and the loaders are built once
 (`prepare`), never per message. Train: load the arrays into the model, `task.train` for
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -37,10 +38,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
-from fl_service.datasets import class_histogram, make_loader
+from fl_service.datasets import class_histogram, dataset_labels, make_loader
 from fl_service.device import pick_device
 from fl_service.flower_app import array_from_numpy, ndarray_view
-from fl_service.partition import client_partition
+from fl_service.partition import client_partition, parse_label_slices
 from fl_service.task_loader import load_task
 
 RUN_CONFIG_KEYS = (
@@ -61,7 +62,8 @@ def task_config(context: Context) -> dict[str, Any]:
     """The `cfg` the task functions get: run_config plus the node's partition."""
     return {**context.run_config,
             "partition_id": int(context.node_config.get("partition-id", 0)),
-            "num_partitions": int(context.node_config.get("num-partitions", 1))}
+            "num_partitions": int(context.node_config.get("num-partitions", 1)),
+            "label_slices": str(context.node_config.get("label-slices", ""))}
 
 
 @dataclass
@@ -120,9 +122,14 @@ def _build(cfg: dict[str, Any]) -> Local:
 
 
 def _test_slice(cfg: dict[str, Any], test_set: Any) -> Subset:
-    """This node's share of the test split, cut like the training split; all of it if that
-    share would be empty."""
-    part = client_partition(cfg, test_set)
+    """This node's share of the test split, cut like the training split (a stated label mix:
+    every test example of its classes); all of it if that share would be empty."""
+    if cfg.get("label_slices"):
+        classes = list(parse_label_slices(cfg["label_slices"]))
+        part = Subset(test_set, np.flatnonzero(np.isin(dataset_labels(test_set), classes))
+                      .tolist())
+    else:
+        part = client_partition(cfg, test_set)
     return part if len(part) else Subset(test_set, list(range(len(test_set))))
 
 

@@ -140,6 +140,23 @@ def _app_config(topology, service, app):
     return cfg
 
 
+def label_slices(topology, client):
+    """``client``'s hfl_partition as fl_service's label_slices "CLASS:START:COUNT,...": of each
+    class it takes the next examples after those of the stated clients with lower partition ids,
+    so stated partitions never overlap and a client that joins later (a higher id) moves no
+    one else's."""
+    start = {}
+    for c in sorted(topology.clients, key=lambda s: s.partition_id):
+        if not c.partition:
+            continue
+        if c.name == client.name:
+            return ",".join(f"{cls}:{start.get(cls, 0)}:{c.partition['per_class']}"
+                            for cls in c.partition["classes"])
+        for cls in c.partition["classes"]:
+            start[cls] = start.get(cls, 0) + c.partition["per_class"]
+    raise KeyError(client.name)
+
+
 def _config(topology, service, parent, app=None):
     p = topology.pipeline
     cfg = {
@@ -180,7 +197,9 @@ def _config(topology, service, parent, app=None):
             batch_size=p.batch_size,
             learning_rate=p.learning_rate,
         )
-        if p.partitioner == "dirichlet":
+        if service.partition:
+            cfg["label_slices"] = label_slices(topology, service)
+        elif p.partitioner == "dirichlet":
             cfg["dirichlet_alpha"] = p.dirichlet_alpha
         elif p.partitioner == "label_skew":
             cfg["classes_per_client"] = p.classes_per_client

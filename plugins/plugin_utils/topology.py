@@ -31,6 +31,8 @@ PARTITIONERS = ("iid", "dirichlet", "label_skew")
 OBJECTIVES = ("max_accuracy", "min_cost")
 CONFIG_MODELS = ("min_comm_cost", "min_kld", "flat")
 DEFAULT_PORT = 8080
+NUM_CLASSES = 10  # every built-in dataset has 10 labels
+TRAIN_PER_CLASS = {"fashion_mnist": 6000, "cifar10": 5000}  # training examples of each label
 DEFAULT_LINK_COST = 1.0
 # The pipeline name is also a Kubernetes namespace, so it must be a DNS label.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -44,7 +46,7 @@ CONTROLLER_CN = "hfl-controller"  # fl_pki's and fl_service's default controller
 # Host variables other than the pipeline's that build() reads (for callers that must copy them).
 SERVICE_VARS = (
     "hfl_role", "hfl_parent", "hfl_link_cost", "hfl_port", "hfl_bind_host", "hfl_address",
-    "hfl_partition_id", "hfl_resources", "hfl_capacity", "hfl_allow_any_tier",
+    "hfl_partition_id", "hfl_partition", "hfl_resources", "hfl_capacity", "hfl_allow_any_tier",
     "hfl_host_state_dir", "hfl_threads", "hfl_device", "hfl_supervisor", "ansible_host",
     "ansible_connection",
 )
@@ -126,6 +128,7 @@ class Service:
     parent: str | None = None  # client: the LA pinned by hfl_parent
     capacity: int | None = None  # LA: most clients it takes
     partition_id: int | None = None  # client
+    partition: dict | None = None  # client: stated label mix {"classes": [...], "per_class": n}
     resources: dict = field(default_factory=dict)
     threads: int | None = None
     device: str = ""
@@ -420,6 +423,11 @@ def _service(name, vars_, tier, errors):
     if pid is not None and (not _is_int(pid) or pid < 0):
         errors.append(f"host {name}: hfl_partition_id: must be an integer >= 0, got {pid!r}")
         pid = None
+    partition = vars_.get("hfl_partition")
+    problem = None if partition is None else _partition_problem(partition, role)
+    if problem:
+        errors.append(f"host {name}: hfl_partition: {problem}")
+        partition = None
     resources = vars_.get("hfl_resources") or {}
     if not isinstance(resources, dict):
         errors.append(f"host {name}: hfl_resources: must be a map {{cpu, memory}}, "
@@ -438,8 +446,26 @@ def _service(name, vars_, tier, errors):
         machine=_machine(name, vars_),
         host_state_dir=str(vars_.get("hfl_host_state_dir") or "~/.local/state/hfl"),
         link_cost=cost, parent=vars_.get("hfl_parent"), capacity=capacity, partition_id=pid,
-        resources=dict(resources), threads=threads, device=str(vars_.get("hfl_device") or ""),
+        partition=partition, resources=dict(resources), threads=threads,
+        device=str(vars_.get("hfl_device") or ""),
     )
+
+
+def _partition_problem(value, role):
+    """What is wrong with an hfl_partition value, or None."""
+    if role != CLIENT:
+        return f"only clients hold data (this host is a {role})"
+    if not isinstance(value, dict) or set(value) != {"classes", "per_class"}:
+        return f"must be a map {{classes: [label, ...], per_class: N}}, got {value!r}"
+    classes, per_class = value["classes"], value["per_class"]
+    if (not isinstance(classes, list) or not classes or not all(_is_int(c) for c in classes)
+            or not all(0 <= c < NUM_CLASSES for c in classes)
+            or len(set(classes)) != len(classes)):
+        return (f"classes must be a non-empty list of distinct labels in 0..{NUM_CLASSES - 1}, "
+                f"got {classes!r}")
+    if not _is_int(per_class) or per_class < 1:
+        return f"per_class must be an integer >= 1, got {per_class!r}"
+    return None
 
 
 def _check_parents(services, pipeline_of, errors):
@@ -507,6 +533,16 @@ def _check_partitions(services, pipeline, errors):
             errors.append(f"host {c.name}: hfl_partition_id: {c.partition_id} is also host "
                           f"{seen[c.partition_id]}'s")
         seen.setdefault(c.partition_id, c.name)
+    # Stated partitions are disjoint, so together they cannot ask more of a class than it has.
+    size = TRAIN_PER_CLASS.get(pipeline.dataset) if not pipeline.task else None
+    asked = {}
+    for c in clients:
+        for cls in (c.partition or {}).get("classes", []):
+            asked[cls] = asked.get(cls, 0) + c.partition["per_class"]
+            if size is not None and asked[cls] > size:
+                errors.append(f"host {c.name}: hfl_partition: class {cls} has {size} training "
+                              f"examples in {pipeline.dataset}; the clients' hfl_partition ask "
+                              f"{asked[cls]} of it")
     if pipeline.num_partitions is not None and len(clients) > pipeline.num_partitions:
         errors.append(f"host {clients[0].name}: hfl_num_partitions: {pipeline.num_partitions} "
                       f"is fewer than the {len(clients)} clients")

@@ -109,3 +109,28 @@ def test_client_partition_is_this_clients_slice_of_the_train_set():
     assert sum(len(s) for s in subsets) == len(LABELS)
     with pytest.raises(ValueError, match="partition_id must be in 0..4"):
         partition.client_partition({**cfg, "partition_id": 5}, dataset)
+
+
+def test_stated_slices_are_disjoint_hold_their_classes_and_repeat_for_a_seed():
+    a = partition.stated(LABELS, {0: (0, 40), 1: (0, 40)}, seed=3)
+    b = partition.stated(LABELS, {1: (40, 60), 2: (0, 10)}, seed=3)
+    assert not set(a.tolist()) & set(b.tolist())
+    assert class_histogram(torch.utils.data.Subset(labelled(), a.tolist())) == {0: 40, 1: 40}
+    assert np.array_equal(a, partition.stated(LABELS, {0: (0, 40), 1: (0, 40)}, seed=3))
+    assert not np.array_equal(a, partition.stated(LABELS, {0: (0, 40), 1: (0, 40)}, seed=4))
+
+
+def test_stated_slice_past_the_class_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="label_slices: class 2 has 100 examples, this "
+                                         "client's slice ends at 101"):
+        partition.stated(LABELS, {2: (1, 100)}, seed=0)
+
+
+def test_client_partition_prefers_label_slices():
+    cfg = {**CFG, "label_slices": "4:0:7,9:3:2"}
+    part = partition.client_partition(cfg, labelled())
+    assert sorted(LABELS[part.indices].tolist()) == [4] * 7 + [9] * 2
+
+
+def labelled():
+    return torch.utils.data.TensorDataset(torch.zeros(len(LABELS), 1), torch.from_numpy(LABELS))

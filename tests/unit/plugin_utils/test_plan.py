@@ -127,3 +127,16 @@ def test_a_controller_named_otherwise_is_named_to_every_service():
     assert not any("controller_name" in s["config"] for s in plan.make_plan(build())["services"])
     p = plan.make_plan(build(ga={"hfl_pki_controller_name": "ops.example"}))
     assert {s["config"]["controller_name"] for s in p["services"]} == {"ops.example"}
+
+
+def test_stated_partitions_take_consecutive_disjoint_slices_in_partition_id_order():
+    mix = {"classes": [0, 1], "per_class": 10}
+    p = plan.make_plan(build(c1={"hfl_partition": mix, "hfl_partition_id": 3},
+                             c2={"hfl_partition": {"classes": [1, 2], "per_class": 5}},
+                             c4={"hfl_partition": mix}))
+    s = by_name(p)
+    # Ids: c2 0, c4 2 (the lowest free after c1's 3 and c3's 1), c1 3.
+    assert s["c2"]["config"]["label_slices"] == "1:0:5,2:0:5"
+    assert s["c4"]["config"]["label_slices"] == "0:0:10,1:5:10"
+    assert s["c1"]["config"]["label_slices"] == "0:10:10,1:15:10"
+    assert "label_slices" not in s["c3"]["config"]

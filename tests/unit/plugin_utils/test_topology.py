@@ -65,6 +65,20 @@ def test_link_cost_number_and_map():
          "host ga: hfl_example_cap_ratio: must be a number >= 1, got '2'"),
         ({"ga": {"hfl_pki_controller_name": "a b"}},
          "host ga: hfl_pki_controller_name: must be a DNS name"),
+        ({"c1": {"hfl_partition": [0, 1]}}, "host c1: hfl_partition: must be a map {classes"),
+        ({"c1": {"hfl_partition": {"classes": [0, 0], "per_class": 5}}},
+         "host c1: hfl_partition: classes must be a non-empty list of distinct labels in 0..9"),
+        ({"c1": {"hfl_partition": {"classes": [10], "per_class": 5}}},
+         "host c1: hfl_partition: classes must be"),
+        ({"c1": {"hfl_partition": {"classes": [1], "per_class": 0}}},
+         "host c1: hfl_partition: per_class must be an integer >= 1, got 0"),
+        ({"la1": {"hfl_partition": {"classes": [1], "per_class": 5}}},
+         "host la1: hfl_partition: only clients hold data"),
+        ({"ga": {"hfl_dataset": "fashion_mnist"},
+          "c1": {"hfl_partition": {"classes": [3], "per_class": 4000}},
+          "c2": {"hfl_partition": {"classes": [3, 4], "per_class": 2500}}},
+         "host c2: hfl_partition: class 3 has 6000 training examples in fashion_mnist; the "
+         "clients' hfl_partition ask 6500 of it"),
     ],
 )
 def test_each_mistake_is_one_line_naming_host_and_variable(overrides, expected):
