@@ -705,12 +705,25 @@ class ParentLink:
         self.links.add(self.peer, sent, received)
         return status, ctype, data
 
+    def _json_reply(self, path: str, data: bytes) -> dict[str, Any]:
+        """The parent's JSON reply; one that does not parse (e.g. a connection broken mid-reply
+        by a parent switch's abort) is a ParentUnavailable, never an exception that ends the
+        child's loop."""
+        try:
+            reply = json.loads(data or b"{}")
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            self.close()
+            raise ParentUnavailable(f"{self.peer}{path}: unreadable reply {data[:40]!r}")
+        return reply
+
     def _post_json(self, path: str, payload: dict[str, Any], timeout: float = 30.0) -> Any:
         status, _, data = self._request("POST", path, json.dumps(payload).encode(), JSON_TYPE,
                                         timeout)
         if status != 200:
             raise ParentUnavailable(f"{self.peer}{path}: HTTP {status} {data[:200]!r}")
-        return json.loads(data or b"{}")
+        return self._json_reply(path, data)
 
     def join(self, num_examples: int | None = None) -> str:
         """Register with the parent, declaring `num_examples` (the examples this child trains
@@ -724,7 +737,10 @@ class ParentLink:
                                                          30.0)
         if status != 200:
             raise ParentUnavailable(f"{self.peer}/fl/join: HTTP {status} {data[:200]!r}")
-        self.peer = str(json.loads(data)["name"])
+        name = self._json_reply("/fl/join", data).get("name")
+        if not isinstance(name, str) or not name:
+            raise ParentUnavailable(f"{self.peer}/fl/join: the reply names no parent")
+        self.peer = name
         self.links.add(self.peer, sent, received)
         return self.peer
 
@@ -742,7 +758,7 @@ class ParentLink:
             if arrays is None:
                 raise ParentUnavailable(f"{self.peer}: task without a model")
             return header, arrays
-        return FINISHED if json.loads(data).get("finished") else None
+        return FINISHED if self._json_reply("/fl/task", data).get("finished") else None
 
     def send_update(
         self, header: dict[str, Any], arrays: Mapping[str, np.ndarray] | None
@@ -754,7 +770,7 @@ class ParentLink:
         status, _, data = self._request("POST", "/fl/update", frame, FRAME_TYPE, 60.0)
         if status not in (200, 409, 422, 400):
             raise ParentUnavailable(f"{self.peer}/fl/update: HTTP {status} {data[:200]!r}")
-        reply = json.loads(data or b"{}")
+        reply = self._json_reply("/fl/update", data)
         return bool(reply.get("accepted")), str(reply.get("reason", ""))
 
     def leave(self) -> None:

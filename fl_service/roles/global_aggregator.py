@@ -115,11 +115,14 @@ class GlobalAggregator(Service):
         return self._done >= self._target()
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        if "gone" in message:
+            return self.coordinator.control_gone(message)
         wanted = message.get("global_rounds")
         if set(message) != {"global_rounds"} or isinstance(wanted, bool) or not isinstance(
             wanted, int
         ) or wanted < 1:
-            raise ValueError('expected {"global_rounds": N} with an integer N >= 1')
+            raise ValueError('expected {"global_rounds": N} with an integer N >= 1 or '
+                             '{"gone": ["child", ...]}')
         with self._rounds:
             # A round already sent out is finished, never cut short.
             in_force = max(wanted, self._done + (1 if self._round_open else 0))

@@ -53,6 +53,8 @@ class LocalAggregator(Service):
         return {**super().routes(), **aggregator_routes(self.coordinator, self.access.child)}
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
+        if "gone" in message:
+            return self.coordinator.control_gone(message)
         return self.parent.control(message)
 
     def run(self) -> None:

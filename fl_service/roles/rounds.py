@@ -235,6 +235,20 @@ class RoundCoordinator:
                 r.selected.discard(child)  # the round need not wait for it
             self._cond.notify_all()
 
+    def control_gone(self, message: dict[str, Any]) -> dict[str, Any]:
+        """`/control {"gone": [child, ...]}`: children that failed or left (the orchestrator
+        says so): the open round stops waiting for them. One that is alive after all comes
+        back by polling and joins again."""
+        gone = message.get("gone")
+        if set(message) != {"gone"} or not isinstance(gone, list) or not all(
+            isinstance(c, str) and c for c in gone
+        ):
+            raise ValueError('expected {"gone": ["child", ...]}')
+        for child in gone:
+            self.leave(child)
+        log.info("%s: told %s are gone", self.name, ", ".join(gone) or "nobody")
+        return {"gone": gone}
+
     # ------------------------------------------------------------ driver side (role thread)
     def set_finished(self, finished: bool) -> None:
         with self._cond:

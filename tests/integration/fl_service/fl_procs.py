@@ -144,6 +144,22 @@ class Pipeline:
             service.start()
         return service
 
+    def add_hierarchy(self, clients_per_la: list[int], ga: dict[str, Any],
+                      la: dict[str, Any], **common: Any) -> Service:
+        """A GA ("ga"), LAs la0, la1, ... under it and clients c0, c1, ... under them in order
+        (`clients_per_la[i]` under la<i>, one partition each); `ga` and `la` are their own
+        config, `common` everyone's. Returns the GA."""
+        root = self.add("ga", "ga", **ga, **common)
+        total = sum(clients_per_la)
+        c = 0
+        for i, n in enumerate(clients_per_la):
+            parent = self.add("la", f"la{i}", parent=root.address, **la, **common)
+            for _ in range(n):
+                self.add("client", f"c{c}", parent=parent.address, partition_id=c,
+                         num_partitions=total, **common)
+                c += 1
+        return root
+
     def __getitem__(self, name: str) -> Service:
         return self.services[name]
 

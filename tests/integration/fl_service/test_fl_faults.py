@@ -2,6 +2,7 @@
 round timeout and no completed round is lost."""
 
 import time
+import urllib.error
 
 import pytest
 import torch
@@ -36,14 +37,9 @@ def test_client_killed_mid_round_closes_the_round_with_the_others(pipeline: Pipe
 
 
 def test_la_killed_mid_run_the_other_la_carries_on(pipeline: Pipeline) -> None:
-    ga = pipeline.add("ga", "ga", global_rounds=6, min_participants=1, round_timeout_s=8,
-                      **TRAINING)
-    for la in ("la0", "la1"):
-        pipeline.add("la", la, parent=ga.address, local_rounds=1, min_participants=2,
-                     round_timeout_s=4, **TRAINING)
-    for i in range(4):
-        pipeline.add("client", f"c{i}", parent=pipeline[f"la{i // 2}"].address,
-                     partition_id=i, num_partitions=4, **TRAINING)
+    ga = pipeline.add_hierarchy(
+        [2, 2], ga=dict(global_rounds=6, min_participants=1, round_timeout_s=8),
+        la=dict(local_rounds=1, min_participants=2, round_timeout_s=4), **TRAINING)
     pipeline.wait_for("ga", lambda s: any(r["participants"] == ["la0", "la1"]
                                           for r in ga.results()), "a round with both LAs")
     pipeline["la1"].kill()
@@ -83,3 +79,33 @@ def test_ga_killed_and_restarted_resumes_at_the_right_round_with_its_history(
     # Both clients reconnected to the new GA process by themselves.
     assert all(r["participants"] == ["c0", "c1"] for r in resumed)
     assert status["last_metrics"]["accuracy"] == after["history"][-1]["accuracy"]
+
+
+def test_aggregators_told_a_child_is_gone_close_their_round_without_it(
+        pipeline: Pipeline) -> None:
+    # Round deadlines far beyond the test's waits: only /control {"gone": ...} (what the
+    # orchestrator sends on a failure) can close the rounds the dead services were in.
+    ga = pipeline.add_hierarchy(
+        [1, 2], ga=dict(global_rounds=100_000, min_participants=1, round_timeout_s=3600),
+        la=dict(local_rounds=1, min_participants=1, round_timeout_s=3600), **TRAINING)
+    pipeline.wait_for("ga", lambda s: any(r["participants"] == ["la0", "la1"]
+                                          for r in ga.results()), "a round with both LAs")
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        ga.request("POST", "/control", {"gone": "la1"})
+    assert bad.value.code == 400
+
+    # A client dies: its LA's open local round (and so the GA's round) waits for it until told.
+    pipeline["c2"].kill()
+    at = ga.status()["global_round"]
+    assert pipeline["la1"].request("POST", "/control", {"gone": ["c2"]}) == {"gone": ["c2"]}
+    pipeline.wait_for("ga", lambda s: s["global_round"] >= at + 2, "two more global rounds",
+                      timeout=120)
+    assert {r["global_round"]: r for r in ga.results()}[at + 1]["participants"] == ["la0", "la1"]
+
+    # An LA dies: the GA's open global round waits for it until told.
+    pipeline["la1"].kill()
+    killed_at = ga.status()["global_round"]
+    assert ga.request("POST", "/control", {"gone": ["la1"]}) == {"gone": ["la1"]}
+    pipeline.wait_for("ga", lambda s: s["global_round"] >= killed_at + 2,
+                      "two more global rounds", timeout=120)
+    assert {r["global_round"]: r for r in ga.results()}[killed_at + 1]["participants"] == ["la0"]

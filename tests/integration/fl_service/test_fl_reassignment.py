@@ -25,14 +25,9 @@ def wait_for_rounds_with(pipeline: Pipeline, la: str, client: str, since: float)
 
 
 def test_client_moves_between_las_mid_run_without_restart(pipeline: Pipeline) -> None:
-    ga = pipeline.add("ga", "ga", global_rounds=10_000, min_participants=2, round_timeout_s=30,
-                      **TRAINING)
-    for la in ("la0", "la1"):
-        pipeline.add("la", la, parent=ga.address, local_rounds=1, min_participants=1,
-                     round_timeout_s=10, **TRAINING)
-    for i in range(4):
-        pipeline.add("client", f"c{i}", parent=pipeline[f"la{i // 2}"].address,
-                     partition_id=i, num_partitions=4, **TRAINING)
+    pipeline.add_hierarchy(
+        [2, 2], ga=dict(global_rounds=10_000, min_participants=2, round_timeout_s=30),
+        la=dict(local_rounds=1, min_participants=1, round_timeout_s=10), **TRAINING)
     pipeline.wait_for("la1", lambda s: sorted(s["children"]) == ["c2", "c3"], "c2 and c3")
     pipeline.wait_for("ga", lambda s: s["global_round"] >= 2, "round 2")
     mover = pipeline["c3"]

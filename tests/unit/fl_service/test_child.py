@@ -39,3 +39,12 @@ def test_an_unresolvable_parent_is_named_in_status():
     child, state = side("no-such-host.invalid:8080")
     assert child.next_task("") is None
     assert state.status()["parent_error"].startswith("no-such-host.invalid:8080: ")
+
+
+def test_a_reply_that_does_not_parse_is_an_unavailable_parent_not_a_crash(serve):
+    # What a connection broken mid-reply (a parent switch aborting it) can leave: the child's
+    # loop must go on, and /status says what happened.
+    parent = f"127.0.0.1:{serve({'POST': (200, 'garbage'), 'GET': (204, None)})}"
+    child, state = side(parent)
+    assert child.next_task("") is None
+    assert "unreadable reply" in state.status()["parent_error"]
