@@ -119,7 +119,8 @@ class ActionModule(ActionBase):
             local_rounds=p.local_rounds, verify=args["verify"], window=args["window"],
             stall_window=args["stall_window"], poll_s=args["poll_s"],
             max_iterations=args["max_iterations"], max_wall_s=args["max_wall_s"])
-        hooks = Hooks(read_fleet=self._read_fleet, observe=self._observe, apply=self._apply,
+        hooks = Hooks(read_fleet=self._read_fleet, observe=self._observe,
+                      reroute=self._reroute, apply=self._apply,
                       set_last_round=self._set_last_round, emit=self._emit)
         orch = Orchestrator(settings=settings, hooks=hooks, assignment=self._running())
         if self._task.check_mode:
@@ -242,9 +243,36 @@ class ActionModule(ActionBase):
             self._stopped |= set(gone)
         self._stopped &= set(left_out)
 
-    def _post_control(self, message):
-        """POST /control to the GA; None, or why it failed."""
-        url = self._url(self._topo.ga.name, "/control")
+    def _reroute(self, moves, gone):
+        """Tell the running services a change before placement makes it last: aggregators
+        which children are gone (their open round stops waiting), moved clients their new
+        parent (process runtime: a live switch). Best effort: a refusal is a warning, and
+        placement still moves them. Services other than the GA are told only where the GA's
+        host is this machine (the controller's certificate is here)."""
+        told = [(agg, {"gone": children}) for agg, children in gone.items()]
+        if self._topo.pipeline.runtime == "process":
+            told += [(client, {"parent": f"{svc.address}:{svc.port}"})
+                     for client, svc in ((c, self._topo.service(p)) for c, p in moves.items())]
+        for name, message in told:
+            if name != self._topo.ga.name and not self._in_process():
+                continue
+            failed = self._post_control(message, name)
+            if failed is not None:
+                display.warning(f"orchestrate: /control {message} to {name}: {failed}")
+
+    def _controller_tls(self):
+        """open_url's TLS keywords for the controller's certificate (role fl_pki's files), or
+        None for a pipeline with hfl_insecure."""
+        if not plan.tls_paths(self._topo, self._topo.ga):
+            return None
+        pki = Path(os.path.expanduser(self._extra.get("hfl_pki_dir") or self._dir / "pki"))
+        return tls_options(ca=str(pki / "ca.crt"), client_cert=str(pki / "controller.crt"),
+                           client_key=str(pki / "controller.key"))
+
+    def _post_control(self, message, name=None):
+        """POST /control to service `name` (the GA by default); None, or why it failed."""
+        name = name or self._topo.ga.name
+        url = self._url(name, "/control")
         if not self._in_process():
             out = self._execute_module(
                 module_name="ansible.builtin.uri",
@@ -252,9 +280,10 @@ class ActionModule(ActionBase):
                                  timeout=10, **self._tls(ca_option="ca_path")),
                 task_vars=self._vars)
             return out.get("msg") if out.get("failed") else None
+        tls = self._local_tls() if name == self._topo.ga.name else self._controller_tls()
         try:
             open_url(url, data=json.dumps(message), method="POST", timeout=10,
-                     headers={"Content-Type": "application/json"}, **(self._local_tls() or {}))
+                     headers={"Content-Type": "application/json"}, **(tls or {}))
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, TLS: each is a "no"
             return str(getattr(e, "reason", e))
         return None

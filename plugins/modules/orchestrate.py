@@ -28,10 +28,16 @@ description:
     row) or recovering, and a learning stall (loss rising or accuracy flat over O(stall_window)
     rounds). The configuration model C(hfl_config_model) (C(min_comm_cost), C(min_kld), C(flat))
     computes the assignment for the live fleet.
-  - Act. A different assignment is written to C(<hfl_state_dir>/<pipeline>/assignment.json) and
+  - Act. The running services are told first what they can act on at once (C(POST /control)):
+    each aggregator which of its children failed, left or are left out (its open round stops
+    waiting for them), and on the process runtime each moved client its new parent (a live
+    switch). Services other than the global aggregator are told only where its host is the
+    controller, with the controller's certificate from C(hfl_pki_dir). Then a different
+    assignment is written to C(<hfl_state_dir>/<pipeline>/assignment.json) and
     C(playbooks/place.yml) is re-run with it through ansible-runner (limited away from hosts left
-    out, which are stopped after their results are collected). Only services whose spec changed
-    move; a client's move reloads it and never restarts the global aggregator.
+    out, which are stopped after their results are collected), which makes the change last.
+    Only services whose spec changed move; a client's move reloads it and never restarts the
+    global aggregator.
   - Verify. A change that costs more per round (or a stall's speculative one) is checked
     O(window) global rounds later (earlier when the budget runs out first); accuracy is fitted
     as C(a + b ln(x+1)), the final accuracy at budget exhaustion (C(hfl_objective=max_accuracy))

@@ -19,7 +19,9 @@ way (configure_train returns messages, only its loop talks to the grid). One ite
 4. decide:  on a trigger (join, leave, failure, recovery, stall) the configuration model computes
             an assignment for the live fleet: a different one is a `Reassign`, else `NoChange`.
 A `Reassign` that would bring back the plan of two changes ago for the second time is a `Stop`
-(oscillation) instead. Once a `Reassign` is placed (`apply`) its change cost is booked and a
+(oscillation) instead. A `Reassign` is first told to the running services (`reroute`: moved
+clients switch parent live, aggregators stop waiting for children that failed or left), then
+placed (`apply`), which makes it last. Once placed its change cost is booked and a
 costlier or speculative change is scheduled for verification. Every decision is one event
 (`emit`); the loop also ends at its iteration or wall-time bound.
 """
@@ -79,6 +81,9 @@ class Reassign:
     reason: str = ""  # a revert's verdict; a change's event says what moved instead
     forecast: dict | None = None
     action: str = "apply"
+    # What can be told to running services at once, before placement makes it last:
+    moves: dict[str, str] = field(default_factory=dict)  # running client -> its new parent
+    gone: dict[str, list[str]] = field(default_factory=dict)  # aggregator -> children gone
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,9 @@ class Settings:
 class Hooks:
     read_fleet: Callable[[], policies.Fleet]  # the inventory now (no histograms)
     observe: Callable[[list[str]], dict[str, dict]]  # name -> /status (+ reachable: bool)
+    # A Reassign's moves and gone told to the running services (best effort, in seconds), so
+    # rounds neither wait out their deadline for a dead child nor for placement to move one.
+    reroute: Callable[[dict[str, str], dict[str, list[str]]], None]
     apply: Callable[[dict[str, str], list[str]], None]  # assignment, hosts left out
     set_last_round: Callable[[int], None]  # tell the GA the last global round to run
     emit: Callable[[dict], None]
@@ -404,8 +412,29 @@ class Orchestrator:
                 and self.history[-1] == self.history[-3]):
             return Stop(trigger, "oscillation: the same two plans alternate; keeping "
                         f"{self._short(self.assignment)}", after)
-        return Reassign(dict(after), self.left_out(excluded), trigger, config_model,
-                        excluded=excluded, **how)
+        left_out = self.left_out(excluded)
+        return Reassign(dict(after), left_out, trigger, config_model, excluded=excluded,
+                        moves=self._moves(after, left_out), gone=self._gone(left_out), **how)
+
+    def _moves(self, after: dict[str, str], left_out: list[str]) -> dict[str, str]:
+        """Running clients whose parent `after` changes, with their new parent."""
+        return {c: p for c, p in sorted(after.items())
+                if c in self.assignment and self.assignment[c] != p and c not in left_out}
+
+    def _gone(self, left_out: list[str]) -> dict[str, list[str]]:
+        """Per live aggregator of the running plan, its children that failed, left the
+        inventory or are left out now: its open round need not wait for them."""
+        f = self._fleet
+        las = {*f.las, *self.assignment.values()} - {f.ga}
+        parents = {**self.assignment, **dict.fromkeys(las, f.ga)}
+        out: dict[str, list[str]] = {}
+        for child in sorted(parents):
+            parent = parents[child]
+            if parent in self.failed:
+                continue
+            if child in self.failed or child in left_out or child not in {*f.las, *f.clients}:
+                out.setdefault(parent, []).append(child)
+        return out
 
     # --- after a decision was carried out ----------------------------------------------------
 
@@ -483,6 +512,8 @@ class Orchestrator:
                     h.set_last_round(d.last_round)
                 elif isinstance(d, Reassign):
                     began = h.clock()
+                    if d.moves or d.gone:
+                        h.reroute(d.moves, d.gone)
                     try:
                         h.apply(d.assignment, d.left_out)
                     except Exception as e:  # noqa: BLE001 - a failed placement ends the loop

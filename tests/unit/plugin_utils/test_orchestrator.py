@@ -41,6 +41,7 @@ class World:
         self.assignment = {}
         self.dead = set()
         self.applied = []
+        self.rerouted = []
         self.events = []
         self.acc = acc or (lambda r, a: min(0.95, 0.2 + 0.2 * math.log(r + 1)))
         self.now = 0.0
@@ -99,6 +100,9 @@ class World:
                                        "loss": 1.0})
         return out
 
+    def reroute(self, moves, gone):
+        self.rerouted.append((dict(moves), dict(gone)))
+
     def apply(self, assignment, left_out):
         self.applied.append((dict(assignment), list(left_out)))
         self.assignment = dict(assignment)
@@ -114,7 +118,8 @@ class World:
         self.now += s
 
     def hooks(self):
-        return Hooks(read_fleet=self.read_fleet, observe=self.observe, apply=self.apply,
+        return Hooks(read_fleet=self.read_fleet, observe=self.observe, reroute=self.reroute,
+                     apply=self.apply,
                      set_last_round=self.set_last_round, emit=self.events.append,
                      sleep=self.sleep, clock=self.clock)
 
@@ -196,6 +201,7 @@ def test_a_client_added_to_the_inventory_is_reassigned_at_the_next_look():
     w.inventory.append("c9")
     d = o.decide(look(o, w))
     assert isinstance(d, Reassign) and d.action == "apply" and d.trigger == "join: c9"
+    assert "c9" not in d.moves and d.gone == {}  # a newcomer is started by placement alone
     assert d.assignment == {**o.assignment, "c9": "la1"} and d.left_out == []
     assert d.revertible and d.config_model == "min_comm_cost"
     assert w.applied == []  # a step only decides; run() places
@@ -210,6 +216,8 @@ def test_a_client_removed_from_the_inventory_is_reassigned_unrevertibly():
     assert isinstance(d, Reassign) and d.trigger == "leave: c8"
     assert "c8" not in d.assignment and len(d.assignment) == 7
     assert not d.revertible  # a leave cannot be undone, so it is not checked
+    # Its LA's open round stops waiting for it; nobody else moves.
+    assert d.gone == {o.assignment["c8"]: ["c8"]} and d.moves == {}
 
 
 def test_a_dead_la_has_its_clients_reassigned_to_the_other_la_and_is_left_out():
@@ -222,6 +230,10 @@ def test_a_dead_la_has_its_clients_reassigned_to_the_other_la_and_is_left_out():
     assert isinstance(d, Reassign) and d.trigger == "failure: la2"
     assert set(d.assignment.values()) == {"la1"} and d.left_out == ["la2"]
     assert not d.revertible
+    # Told at once: the GA stops waiting for la2, and la2's clients switch to la1 live.
+    assert d.gone == {"ga": ["la2"]}
+    assert d.moves == {c: "la1" for c, p in o.assignment.items() if p == "la2"}
+    assert d.moves
 
 
 def test_a_finished_pipeline_is_a_stop():
@@ -365,6 +377,8 @@ def test_a_dead_la_is_limited_away_and_its_clients_moved():
     o.run()
     assignment, left_out = w.applied[-1]
     assert set(assignment.values()) == {"la1"} and left_out == ["la2"]
+    moves, gone = w.rerouted[-1]  # told before placement made it last
+    assert gone == {"ga": ["la2"]} and set(moves.values()) == {"la1"}
     assert w.events[-1]["trigger"] == "failure: la2" and w.events[-1]["action"] == "apply"
     assert o.pending is None  # a failure cannot be reverted, so it is not checked
 
