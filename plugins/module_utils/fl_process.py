@@ -8,6 +8,12 @@ and certificate and the pipeline's CA, written before a start). ``ensure_running
 between nothing, a reload (SIGHUP: the config changed but not its digest) and a restart (the
 digest, which covers its credentials and the revision of its code, changed or the process is
 gone); ``ensure_absent`` stops the process and removes the folder.
+
+Two supervisors run the process. ``none``: a detached process (own session) that nothing
+restarts after a crash or a reboot. ``systemd``: a system unit ``hfl-<pipeline>-<name>.service``
+(``unit_name``) that systemd restarts on failure and starts at boot, logging to the journal; the
+unit file is part of what the service runs with, so a new one restarts it. ``auto`` picks systemd
+where it runs the host and the services run as root (system units), else ``none``.
 Standard library only: it runs on every target host, and importing it must not pull in
 Ansible, whose import-time patches (sys.intern) break torch.compile in a process that also
 trains (a pytest run of the whole suite).
@@ -20,6 +26,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -28,6 +35,10 @@ import time
 import urllib.parse
 
 CONFIG, DIGEST, PIDFILE, LOG = "config.yaml", "digest", "pid", "service.log"
+ENVIRONMENT = "environment"  # systemd: the unit's EnvironmentFile, in the service's folder
+SUPERVISORS = ("auto", "systemd", "none")
+UNIT_DIR = "/etc/systemd/system"
+STOP_TIMEOUT = 20  # seconds from SIGTERM to SIGKILL, under either supervisor
 
 
 class ServiceError(Exception):
@@ -95,14 +106,7 @@ def log_tail(folder, lines=15):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def log_error_line(folder):
-    """The log's last non-empty line: what a service that exited said last (fl_service's own
-    error, or a traceback's exception line)."""
-    lines = [line.strip() for line in log_tail(folder).splitlines() if line.strip()]
-    return lines[-1] if lines else "(its log is empty)"
-
-
-def stop(folder, pid, timeout=20.0):
+def stop(folder, pid, timeout=STOP_TIMEOUT):
     """SIGTERM, then SIGKILL after ``timeout`` seconds."""
     try:
         os.kill(pid, signal.SIGTERM)
@@ -199,11 +203,12 @@ def _status(url, tls=None, name=""):
     return True, doc, None
 
 
-def wait_ready(folder, proc, url, timeout, name, tls=None):
+def wait_ready(supervisor, proc, url, timeout, name, tls=None):
     """Poll ``url`` until the service answers as itself (its /status names ``name`` and the pid
     started); fail early if the process exits (e.g. a config error, a port already taken), with
-    its log's last line. Anything else answering there is not taken for the service. ``tls``
-    (an ssl context with the service's own certificate) reads it over mutual TLS."""
+    the last line of its log (``supervisor``'s). Anything else answering there is not taken for
+    the service. ``tls`` (an ssl context with the service's own certificate) reads it over
+    mutual TLS."""
     port = urllib.parse.urlsplit(url).port
     deadline = time.monotonic() + timeout
     other = None
@@ -212,8 +217,8 @@ def wait_ready(folder, proc, url, timeout, name, tls=None):
             held = f"; port {port} answers as {other}" if other else ""
             raise ServiceError(
                 f"exited with status {proc.returncode} before answering on port {port}{held}; "
-                f"its log {os.path.join(folder, LOG)} ends: {log_error_line(folder)}",
-                log_tail(folder))
+                f"its {supervisor.log_name()} ends: {supervisor.log_error_line()}",
+                supervisor.log_tail())
         answered, doc, seen = _status(url, tls, name)
         if answered:
             if doc is not None and doc.get("name") == name and doc.get("pid") == proc.pid:
@@ -222,18 +227,228 @@ def wait_ready(folder, proc, url, timeout, name, tls=None):
         if time.monotonic() > deadline:
             held = (f"port {port} answers as {other}, not as {name} (pid {proc.pid})" if other
                     else f"nothing answers {url}")
-            raise ServiceError(f"not ready after {timeout:.0f} s: {held}; its log "
-                               f"{os.path.join(folder, LOG)} ends: {log_error_line(folder)}",
-                               log_tail(folder))
+            raise ServiceError(f"not ready after {timeout:.0f} s: {held}; its "
+                               f"{supervisor.log_name()} ends: {supervisor.log_error_line()}",
+                               supervisor.log_tail())
         time.sleep(0.25)
 
 
-def plan_present(folder, config_text, digest):
-    """What ensure_running would do: 'unchanged', 'reload', 'start' or 'restart'."""
-    pid = running_pid(folder)
-    if pid is None:
-        return "start"
-    if _read(os.path.join(folder, DIGEST)) != digest:
+# -- systemd ------------------------------------------------------------------------------------
+
+def systemd_missing():
+    """Why this host's services cannot be systemd system units, or None when they can."""
+    if not os.path.isdir("/run/systemd/system"):
+        return "systemd does not run this host (no /run/systemd/system)"
+    if os.geteuid() != 0:
+        return "the services' user is not root (system units need root)"
+    if not shutil.which("systemctl"):
+        return "systemctl is not on PATH"
+    return None
+
+
+def resolve_supervisor(wanted):
+    """``wanted`` (auto, systemd or none) as this host runs it: systemd or none."""
+    missing = systemd_missing()
+    if wanted == "auto":
+        return "none" if missing else "systemd"
+    if wanted == "systemd" and missing:
+        raise ServiceError(f"supervisor systemd: {missing}")
+    return wanted
+
+
+def unit_name(folder):
+    """The unit of the service in ``folder`` (``<state dir>/<pipeline>/<name>``):
+    ``hfl-<pipeline>-<name>.service``, characters a unit name cannot hold as ``_``."""
+    folder = folder.rstrip("/")
+    pipeline, name = os.path.basename(os.path.dirname(folder)), os.path.basename(folder)
+    return re.sub(r"[^A-Za-z0-9:_.\-]", "_", f"hfl-{pipeline}-{name}") + ".service"
+
+
+def unit_path(folder):
+    return os.path.join(UNIT_DIR, unit_name(folder))
+
+
+def _unit_word(text):
+    """One word of a unit's command line: quoted, with specifiers (%) and variables ($) kept
+    literal."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("%", "%%").replace("$", "$$") + '"'
+
+
+def unit_text(folder, argv, name):
+    """The unit of the service ``name`` in ``folder`` running ``argv``."""
+    literal = folder.replace("%", "%%")
+    return "\n".join([
+        f"# Written by hfl.orchestration (module fl_process) for {folder}: edits are replaced.",
+        "[Unit]",
+        f"Description=hfl.orchestration service {name} ({literal})",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=exec",
+        f"WorkingDirectory={literal}",
+        f"EnvironmentFile={literal}/{ENVIRONMENT}",
+        "ExecStart=" + " ".join(_unit_word(a) for a in argv),
+        # A parent switch re-reads the config (SIGHUP), as under the detached supervisor.
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartSec=2",
+        f"TimeoutStopSec={STOP_TIMEOUT}",
+        "UMask=0077",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ])
+
+
+def environment_text(env):
+    """The EnvironmentFile's text: one KEY="value" per line."""
+    def quoted(value):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "".join(f"{k}={quoted(v)}\n" for k, v in sorted(env.items()))
+
+
+def _systemctl(*args, check=True):
+    done = subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        reason = (done.stderr or done.stdout).strip().splitlines()
+        raise ServiceError(f"systemctl {' '.join(args)} failed: "
+                           f"{reason[-1] if reason else f'status {done.returncode}'}")
+    return done.stdout
+
+
+def unit_state(unit):
+    """{MainPID, ActiveState, ExecMainStatus, ...} of ``unit`` as systemctl shows it."""
+    out = _systemctl("show", "-p", "MainPID", "-p", "ActiveState", "-p", "ExecMainStatus",
+                     "-p", "LoadState", unit, check=False)
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_pid(folder):
+    """The MainPID of the service's unit while it is up (active or reloading), else None."""
+    if not os.path.exists(unit_path(folder)):
+        return None
+    state = unit_state(unit_name(folder))
+    pid = int(state.get("MainPID") or 0)
+    return pid if pid and state.get("ActiveState") in ("active", "reloading") else None
+
+
+class UnitProcess:
+    """The process a unit started, as wait_ready polls a Popen: ``pid``, ``poll()`` (None while
+    it is the unit's main process) and ``returncode``."""
+
+    def __init__(self, unit):
+        self.unit = unit
+        self.pid = int(unit_state(unit).get("MainPID") or 0)
+        self.returncode = None
+
+    def poll(self):
+        state = unit_state(self.unit)
+        if self.pid and int(state.get("MainPID") or 0) == self.pid:
+            return None
+        self.returncode = int(state.get("ExecMainStatus") or 0)
+        return self.returncode
+
+
+def journal_tail(unit, lines=15):
+    done = subprocess.run(["journalctl", "-u", unit, "-n", str(lines), "-o", "cat",
+                           "--no-pager"], capture_output=True, text=True, check=False)
+    return done.stdout.rstrip("\n")
+
+
+def start_unit(folder, argv, env, name):
+    """Write the unit and its environment, enable it (started at boot) and (re)start it."""
+    path = unit_path(folder)
+    _write(os.path.join(folder, ENVIRONMENT), environment_text(env))
+    text = unit_text(folder, argv, name)
+    if _read(path) != text:
+        _write(path, text)
+        os.chmod(path, 0o644)
+        _systemctl("daemon-reload")
+    unit = unit_name(folder)
+    _systemctl("enable", unit)
+    _systemctl("restart", unit)
+    return UnitProcess(unit)
+
+
+def remove_unit(folder):
+    """Stop, disable and delete the service's unit; whether there was one."""
+    path = unit_path(folder)
+    if not os.path.exists(path):
+        return False
+    unit = unit_name(folder)
+    _systemctl("disable", "--now", unit)
+    os.remove(path)
+    _systemctl("daemon-reload")
+    _systemctl("reset-failed", unit, check=False)  # forget a failed state, if any
+    return True
+
+
+class Supervisor:
+    """How the service in ``folder`` runs: its pid, its log, start, stop, reload."""
+
+    def __init__(self, folder, kind, name=""):
+        self.folder, self.kind, self.name = folder, kind, name
+
+    @property
+    def systemd(self):
+        return self.kind == "systemd"
+
+    def pid(self):
+        return unit_pid(self.folder) if self.systemd else running_pid(self.folder)
+
+    def other_pid(self):
+        """The process of the other supervisor (one switched from), or None."""
+        if self.systemd:
+            return running_pid(self.folder)
+        return unit_pid(self.folder) if os.path.exists(unit_path(self.folder)) else None
+
+    def log_name(self):
+        if self.systemd:
+            return f"journal (journalctl -u {unit_name(self.folder)})"
+        return f"log {os.path.join(self.folder, LOG)}"
+
+    def log_tail(self):
+        return journal_tail(unit_name(self.folder)) if self.systemd else log_tail(self.folder)
+
+    def log_error_line(self):
+        """The log's last non-empty line: what a service that exited said last (fl_service's
+        own error, or a traceback's exception line)."""
+        lines = [line.strip() for line in self.log_tail().splitlines() if line.strip()]
+        return lines[-1] if lines else "(its log is empty)"
+
+    def unit_current(self, argv):
+        """Whether the unit file is the one ``argv`` needs (always, under none)."""
+        return not self.systemd or _read(unit_path(self.folder)) == unit_text(
+            self.folder, argv, self.name)
+
+    def start(self, argv, env):
+        return start_unit(self.folder, argv, env, self.name) if self.systemd else start(
+            self.folder, argv, env)
+
+    def reload(self, pid):
+        if self.systemd:
+            _systemctl("reload", unit_name(self.folder))
+        else:
+            os.kill(pid, signal.SIGHUP)
+
+    def stop_started(self, proc):
+        """Stop what a failed start left running."""
+        if self.systemd:
+            _systemctl("stop", unit_name(self.folder), check=False)
+        elif proc.poll() is None:
+            stop(self.folder, proc.pid)
+
+
+def plan_present(folder, config_text, digest, supervisor=None, argv=None):
+    """What ensure_running would do: 'unchanged', 'reload', 'start' or 'restart' (also when
+    the service runs under the other supervisor, or its unit is not the one ``argv`` needs)."""
+    supervisor = supervisor or Supervisor(folder, "none")
+    if supervisor.pid() is None:
+        return "start" if supervisor.other_pid() is None else "restart"
+    if _read(os.path.join(folder, DIGEST)) != digest or not supervisor.unit_current(argv):
         return "restart"
     if _read(os.path.join(folder, CONFIG)) != config_text:
         return "reload"
@@ -241,14 +456,15 @@ def plan_present(folder, config_text, digest):
 
 
 def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, check=False, *,
-                   name, files=None, tls=None):
+                   name, files=None, tls=None, supervisor="none"):
     """Bring the service in ``folder`` to ``config_text``; returns (action, pid). ``files``
     ({path: text}, e.g. its credentials) are written before a start. A start waits until
     ``ready_url`` answers as the service ``name`` (its config's name), with the pid started;
     ``tls`` (paths of the CA, certificate and key, which may be among ``files``) reads it over
-    mutual TLS."""
-    action = plan_present(folder, config_text, digest)
-    pid = running_pid(folder)
+    mutual TLS. ``supervisor`` (systemd or none, see resolve_supervisor) runs it."""
+    sup = Supervisor(folder, supervisor, name)
+    action = plan_present(folder, config_text, digest, sup, argv)
+    pid = sup.pid()
     if check or action == "unchanged":
         return action, pid
     # The service's folder (config, pidfile, log, state) is its user's alone.
@@ -256,37 +472,46 @@ def ensure_running(folder, config_text, digest, argv, env, ready_url, timeout, c
     os.chmod(folder, 0o700)
     if action == "reload":
         _write(os.path.join(folder, CONFIG), config_text)
-        os.kill(pid, signal.SIGHUP)
+        sup.reload(pid)
         return action, pid
-    if pid is not None:
-        stop(folder, pid)
+    # A unit's restart stops its process itself; what runs otherwise stops here.
+    detached = running_pid(folder)
+    if detached is not None:
+        stop(folder, detached)
+    if not sup.systemd:
+        remove_unit(folder)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(folder, PIDFILE))
     _write(os.path.join(folder, CONFIG), config_text)
     _write_files(files or {})
     context = tls_context(*tls) if tls else None
     # The digest is recorded only once the process answers, so a failed start is retried.
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(folder, DIGEST))
-    proc = start(folder, argv, env)
+    proc = sup.start(argv, env)
     if ready_url:
         try:
-            wait_ready(folder, proc, ready_url, timeout, name, context)
+            wait_ready(sup, proc, ready_url, timeout, name, context)
         except ServiceError:
-            if proc.poll() is None:
-                stop(folder, proc.pid)
+            sup.stop_started(proc)
             raise
     _write(os.path.join(folder, DIGEST), digest)
     return action, proc.pid
 
 
 def ensure_absent(folder, check=False):
-    """Stop the service and remove its folder; returns (changed, pid it stopped or None)."""
-    pid = running_pid(folder)
-    exists = os.path.isdir(folder)
+    """Stop the service (and remove its unit) and remove its folder; returns (changed, pid it
+    stopped or None)."""
+    pid = running_pid(folder) or unit_pid(folder)
+    exists = os.path.isdir(folder) or os.path.exists(unit_path(folder))
     if check or not exists:
         return exists, pid
-    if pid is not None:
-        stop(folder, pid)
-    shutil.rmtree(folder)
+    remove_unit(folder)
+    detached = running_pid(folder)
+    if detached is not None:
+        stop(folder, detached)
+    if os.path.isdir(folder):
+        shutil.rmtree(folder)
     parent = os.path.dirname(folder.rstrip("/"))
     # The pipeline folder holds only service folders: drop it with its last service.
     with contextlib.suppress(OSError):

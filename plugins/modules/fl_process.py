@@ -10,7 +10,8 @@ module: fl_process
 short_description: Run one fl_service as a managed background process
 version_added: 0.1.0
 description:
-  - Manages one C(python -m fl_service) process on the target host (the C(process) runtime).
+  - Manages one C(python -m fl_service) process on the target host (the C(process) runtime),
+    as a systemd unit or as a detached process (O(supervisor)).
   - The service lives in its own folder O(dir) holding C(config.yaml), C(digest), C(pid),
     C(service.log) and the service's C(state/) folder, and with O(credentials) the files its
     config's C(tls_cert), C(tls_key) and C(tls_ca) name (the plan puts them in C(tls/)).
@@ -18,7 +19,8 @@ description:
     O(digest), O(revision) or O(credentials) differ from those it runs with, and sent C(SIGHUP)
     (re-read the config) when only the config changed but not its digest, which is how a client
     moves to another parent without a restart. Otherwise nothing happens.
-  - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL) and O(dir) is removed.
+  - With O(state=absent) the process is stopped (SIGTERM, then SIGKILL), its systemd unit (if
+    any) disabled and deleted, and O(dir) is removed.
 author:
   - hfl.orchestration developers (@hfl)
 requirements:
@@ -26,6 +28,7 @@ requirements:
     config and C(/proc/<pid>/stat) shows it alive).
   - An interpreter O(python) with fl_service installed, Python 3.11 or later (role
     hfl.orchestration.fl_runtime's venv, C(hfl_venv)).
+  - For O(supervisor=systemd), systemd as the target's init and the remote user root.
 extends_documentation_fragment:
   - hfl.orchestration.attributes
   - hfl.orchestration.attributes.action_group
@@ -107,15 +110,36 @@ options:
         description: The pipeline's CA certificate (its config's C(tls_ca)).
         type: str
         required: true
+  supervisor:
+    description:
+      - What runs the process.
+      - C(systemd) runs it as the system unit C(hfl-<pipeline>-<name>.service) (from the last two
+        components of O(dir)) in C(/etc/systemd/system), enabled (started at boot), restarted by
+        systemd when it exits with an error or a signal (C(Restart=on-failure), after 2 s),
+        its output in the journal (C(journalctl -u <unit>)) instead of C(service.log). The
+        environment is in the unit's C(EnvironmentFile) C(<dir>/environment) (mode 0600). A
+        reload is C(systemctl reload) (C(SIGHUP) to the unit's main process). A new unit file
+        (another O(python), O(dir)) restarts it.
+      - C(none) runs it as a detached process that nothing restarts after a crash or a reboot
+        (until the next placement).
+      - C(auto) is C(systemd) where systemd runs the host (C(/run/systemd/system) exists) and the
+        remote user is root, else C(none).
+      - Switching supervisor restarts the service under the new one (the unit is removed when
+        switching to C(none)). C(systemd) on a host that lacks it fails with the reason.
+    type: str
+    choices: [auto, systemd, none]
+    default: auto
+    version_added: 0.2.0
   state:
     description: Whether the service should run.
     type: str
     choices: [present, absent]
     default: present
 notes:
-  - The process is detached (own session, output in C(service.log)) so it outlives the
-    connection; its pid is checked against its command line, so a recycled pid is not mistaken
-    for the service.
+  - Under O(supervisor=none) the process is detached (own session, output in C(service.log)) so
+    it outlives the connection; its pid is checked against its command line, so a recycled pid
+    is not mistaken for the service. Under O(supervisor=systemd) its pid is the unit's
+    C(MainPID).
 seealso:
   - module: hfl.orchestration.fl_status_info
 """
@@ -163,7 +187,9 @@ action:
   sample: restart
   choices: [unchanged, start, restart, reload, stop, absent]
 pid:
-  description: Pid of the running service; for O(state=absent) the pid that was stopped.
+  description:
+    - Pid of the running service (under systemd the unit's C(MainPID)); for O(state=absent) the
+      pid that was stopped.
   returned: always
   type: int
   sample: 12345
@@ -172,10 +198,24 @@ config_path:
   returned: always
   type: str
   sample: /root/.local/state/hfl/demo/ga/config.yaml
+supervisor:
+  description: What runs the service (O(supervisor) as resolved on the target).
+  returned: O(state=present)
+  type: str
+  sample: systemd
+  choices: [systemd, none]
+  version_added: 0.2.0
+unit:
+  description: The service's systemd unit, under O(supervisor=systemd).
+  returned: O(state=present) and RV(supervisor=systemd)
+  type: str
+  sample: hfl-demo-ga.service
+  version_added: 0.2.0
 log_path:
   description:
     - The service's log (stdout, stderr and its logging), rotated at 10 MiB with three old files
-      (C(service.log.1) to C(service.log.3)).
+      (C(service.log.1) to C(service.log.3)). Under systemd the journal holds it instead
+      (C(journalctl -u <unit>)).
   returned: always
   type: str
   sample: /root/.local/state/hfl/demo/ga/service.log
@@ -234,6 +274,7 @@ def run_module():
                 key=dict(type="str", required=True, no_log=True),
                 ca=dict(type="str", required=True),
             )),
+            supervisor=dict(type="str", choices=list(svc.SUPERVISORS), default="auto"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         required_if=[("state", "present", ("role", "config", "digest"))],
@@ -260,10 +301,21 @@ def run_module():
              for option, text in credentials.items()}
     config_text = svc.config_text(p["config"])
     config_path = result["config_path"]
-    argv = [p["python"], "-m", "fl_service", p["role"], "--config", config_path,
-            "--log-file", result["log_path"]]
+    try:
+        supervisor = svc.resolve_supervisor(p["supervisor"])
+    except svc.ServiceError as e:
+        module.fail_json(msg=f"{p['name']}: {e}", **result)
+    result["supervisor"] = supervisor
+    argv = [p["python"], "-m", "fl_service", p["role"], "--config", config_path]
+    if supervisor == "systemd":
+        result["unit"] = svc.unit_name(folder)
+    else:
+        argv += ["--log-file", result["log_path"]]
     env = {str(k): str(v) for k, v in p["environment"].items()}
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if supervisor == "systemd" and "HOME" in os.environ:
+        # A system unit's environment has no HOME; the service's user's is where ~ leads.
+        env.setdefault("HOME", os.environ["HOME"])
     url = _ready_url(p["config"]) if p["wait_timeout"] > 0 else None
     try:
         action, pid = svc.ensure_running(
@@ -271,7 +323,7 @@ def run_module():
             argv,
             env, url, p["wait_timeout"], check=module.check_mode,
             name=p["config"].get("name", p["name"]), files=files,
-            tls=_tls_paths(p["config"]))
+            tls=_tls_paths(p["config"]), supervisor=supervisor)
     except svc.ServiceError as e:
         module.fail_json(msg=f"{p['name']}: {e}", log_tail=e.log_tail, **result)
     except OSError as e:

@@ -238,3 +238,25 @@ def test_new_code_restarts_the_service_and_a_new_parent_alone_still_reloads_it(s
     action, upgraded = ensure({"parent": "la2"}, new)
     assert action == "restart" and upgraded != pid and status(url)["pid"] == upgraded
     assert ensure({"parent": "la2"}, new) == ("unchanged", upgraded)
+
+
+def test_a_unit_is_named_after_the_pipeline_and_service_and_quotes_what_systemd_expands():
+    folder = "/srv/my pipe/ga%1"
+    assert svc.unit_name(folder + "/") == "hfl-my_pipe-ga_1.service"
+    text = svc.unit_text(folder, ["/v/bin/python", "-m", "fl_service", 'a"b$HOME\\'], "ga")
+    assert 'ExecStart="/v/bin/python" "-m" "fl_service" "a\\"b$$HOME\\\\"\n' in text
+    assert "WorkingDirectory=/srv/my pipe/ga%%1\n" in text
+    assert "EnvironmentFile=/srv/my pipe/ga%%1/environment\n" in text
+    assert "Restart=on-failure\n" in text and "WantedBy=multi-user.target\n" in text
+    assert svc.environment_text({"B": 'say "hi" \\o/', "A": "1"}) == (
+        'A="1"\nB="say \\"hi\\" \\\\o/"\n')
+
+
+@pytest.mark.skipif(os.path.isdir("/run/systemd/system"), reason="systemd runs this host")
+def test_auto_is_detached_where_systemd_does_not_run_and_systemd_says_why():
+    assert svc.resolve_supervisor("auto") == "none"
+    assert svc.resolve_supervisor("none") == "none"
+    with pytest.raises(svc.ServiceError) as no:
+        svc.resolve_supervisor("systemd")
+    assert str(no.value) == ("supervisor systemd: systemd does not run this host "
+                             "(no /run/systemd/system)")
