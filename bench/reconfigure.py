@@ -1,23 +1,34 @@
 """Seconds from a change to its effect in a running, orchestrated pipeline.
 
-    .venv/bin/python bench/reconfigure.py [--repeat N]
+    .venv/bin/python bench/reconfigure.py [--repeat N] [--only local|ssh] [--profile]
 
 The embedded default's shape (1 GA, 2 LAs, 4 clients, process runtime, mutual TLS) with the
 reference experiment's link costs, digits, 1000 global rounds, the orchestrator attached
-(`playbooks/orchestrate.yml`, poll 1 s), every figure the median of --repeat fresh pipelines:
+(`playbooks/orchestrate.yml`, poll 1 s), every figure the median of --repeat fresh pipelines,
+measured twice:
+- local: the local inventory, every host this machine (`ansible_connection=local`);
+- ssh (figures prefixed ssh_, root only): the same inventory over SSH on an 8-host fleet (the
+  seven hosts and the joining c5), each host a network namespace with its own sshd and address
+  (tests/integration/fleet.py); Ansible and the orchestrator run in the fleet's controller
+  namespace, the orchestrator's status polls go to the GA's host over SSH. Hosts share this
+  machine's CPUs, filesystem and clock.
 - join_s: a client written into the inventory file -> its first update in an LA's aggregate
   (the LA's results.jsonl lists it among the participants); detection included.
 - move_s: the orchestrator's decision (an LA was killed: its clients move to the other) -> every
   moved client's first update under its new parent. The event is written once placement is
   done; it was decided at `ts - placement_s`. detect_s: the kill -> that decision.
-- noop_place_s: `ansible-playbook place.yml` on the running pipeline, nothing to change.
-The SSH-fleet figures of the issue are not measured here (see the closing note of the change).
-Ends with one JSON line.
+  The orchestrator's other triggers stay on: a stall it sees may re-place clients while a
+  figure is measured, and the figure then includes that.
+- noop_place_s: `ansible-playbook place.yml` on the running pipeline, nothing to change
+  (--profile: that run with ansible.posix.profile_tasks, whose task times are printed).
+Everything a run starts (services, the orchestrator, the fleet) is stopped when it ends, also
+on failure or SIGTERM. Ends with one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -33,55 +44,97 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from fleet import Fleet  # noqa: E402
 from hfl_helpers import (  # noqa: E402
     ansible_env,
     edit_reference,
     free_ports,
     local_inventory,
     playbook,
+    run_group,
     service_pids,
+    stop_group,
     stop_processes_under,
 )
 
 PIPELINE = "demo"
+JOINING = "c5"
+# The local inventory's hosts and the joining client: one fleet host each.
+SSH_HOSTS = ["ga", "la1", "la2", "c1", "c2", "c3", "c4", JOINING]
+PROFILE_ENV = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+               "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"}
 
 
 class Running:
-    """A placed pipeline in `tmp` with the orchestrator attached."""
+    """A placed pipeline in `tmp` with the orchestrator attached; on `fleet`'s hosts over SSH
+    when one is given, else every host this machine."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, fleet: Fleet | None = None):
         self.tmp = tmp
-        self.inventory = local_inventory(tmp, edit_reference(rounds=1000))
+        self.fleet = fleet
+        self.runner = fleet.run if fleet else run_group
+        reference = edit_reference(rounds=1000)
+
+        def edit(tiers, cluster_vars):
+            reference(tiers, cluster_vars)
+            if fleet:
+                del cluster_vars["ansible_connection"], cluster_vars["ansible_python_interpreter"]
+                for hosts in tiers.values():
+                    for name, host_vars in hosts.items():
+                        host_vars.update(self.ssh_vars(name))
+
+        self.inventory = local_inventory(tmp, edit)
         self.state = tmp / "controller" / PIPELINE
         self.orchestrator = None
+        self.log = None
+
+    def ssh_vars(self, name):
+        """A fleet host's connection vars, its address to bind and its own state folder."""
+        host = next(h for h in self.fleet.hosts if h.name == name)
+        return {**self.fleet.connection_vars(host), "hfl_bind_host": host.address,
+                "hfl_host_state_dir": str(self.tmp / "hosts" / name)}
 
     def __enter__(self):
-        run = playbook("place.yml", self.inventory)
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self):
+        run = playbook("place.yml", self.inventory, runner=self.runner)
         if run.rc != 0:
             raise SystemExit(f"place.yml failed: {run.why()}")
         argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(self.inventory),
                 str(ROOT / "playbooks" / "orchestrate.yml"), "-e", "hfl_orchestrate=true",
-                "-e", "hfl_orchestrate_poll_s=1", "-e", "hfl_orchestrate_max_wall_s=900"]
+                "-e", "hfl_orchestrate_poll_s=1", "-e", "hfl_orchestrate_max_wall_s=3600"]
+        env = ansible_env()
+        if self.fleet:
+            argv, env = self.fleet.in_controller(argv, env)
         self.log = open(self.tmp / "orchestrate.log", "w")  # noqa: SIM115 - closed in __exit__
-        self.orchestrator = subprocess.Popen(argv, cwd=ROOT, env=ansible_env(), stdout=self.log,
+        self.orchestrator = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
         self.wait(lambda: any(e["trigger"] == "attach" for e in self.events()), "attach")
-        return self
 
     def __exit__(self, *exc):
-        if self.orchestrator.poll() is None:
-            os.killpg(self.orchestrator.pid, signal.SIGTERM)
-            self.orchestrator.wait(30)
-        self.log.close()
-        playbook("reset.yml", self.inventory)
-        stop_processes_under(self.tmp)
+        try:
+            if self.orchestrator:
+                stop_group(self.orchestrator)
+            stop_processes_under(self.state / "runner")  # a placement it had under way
+            if self.log:
+                self.log.close()
+            playbook("reset.yml", self.inventory, runner=self.runner)
+        finally:
+            stop_processes_under(self.tmp)
 
     def events(self):
         path = self.state / "events.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def results(self, service):
-        path = self.tmp / "hosts" / PIPELINE / service / "state" / "results.jsonl"
+        host_state = self.tmp / "hosts" / service if self.fleet else self.tmp / "hosts"
+        path = host_state / PIPELINE / service / "state" / "results.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def first_update(self, client, parent, after):
@@ -91,7 +144,7 @@ class Running:
                 return r["ts"]
         return None
 
-    def wait(self, done, what, deadline_s=300):
+    def wait(self, done, what, deadline_s=900):
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             found = done()
@@ -110,15 +163,19 @@ def hosts_yml(p: Running) -> Path:
 
 def measure_join(p: Running) -> float:
     doc = yaml.safe_load(hosts_yml(p).read_text())
-    doc["hfl_cluster"]["children"]["edge"]["hosts"]["c5"] = {
-        "hfl_role": "client", "hfl_port": free_ports(1)[0], "hfl_link_cost": {"la1": 20,
-                                                                              "la2": 60}}
+    doc["hfl_cluster"]["children"]["edge"]["hosts"][JOINING] = {
+        "hfl_role": "client", "hfl_port": free_ports(1)[0],
+        "hfl_link_cost": {"la1": 20, "la2": 60}, **(p.ssh_vars(JOINING) if p.fleet else {})}
     began = time.time()
     hosts_yml(p).write_text(yaml.safe_dump(doc, sort_keys=False))
-    seen = p.wait(lambda: p.first_update("c5", "la1", began), "c5's first update")
-    # c5 trains before its placement's last checks are done: the loop is back on watch only
-    # once the join's event is written.
-    p.wait(lambda: any(e["trigger"] == "join: c5" for e in p.events()), "the join's event")
+    # Under whichever LA the orchestrator picks (its policy weighs more than link cost).
+    seen = p.wait(lambda: min(filter(None, (p.first_update(JOINING, la, began)
+                                            for la in ("la1", "la2"))), default=None),
+                  f"{JOINING}'s first update")
+    # The client trains before its placement's last checks are done: the loop is back on watch
+    # only once the join's event is written.
+    p.wait(lambda: any(e["trigger"] == f"join: {JOINING}" for e in p.events()),
+           "the join's event")
     return seen - began
 
 
@@ -134,35 +191,58 @@ def measure_move(p: Running) -> tuple[float, float]:
     return max(firsts) - decided, decided - killed
 
 
-def measure_noop_place(p: Running) -> float:
+def measure_noop_place(p: Running, profile: bool) -> float:
     began = time.monotonic()
-    run = playbook("place.yml", p.inventory)
+    run = playbook("place.yml", p.inventory, runner=p.runner, env=PROFILE_ENV if profile else None)
+    took = time.monotonic() - began
     if run.rc != 0:
         raise SystemExit(f"place.yml (nothing to do) failed: {run.why()}")
-    return time.monotonic() - began
+    if profile:  # profile_tasks' table follows the PLAY RECAP
+        print(run.output[run.output.rindex("PLAY RECAP"):], flush=True)
+    return took
+
+
+def measure(mode: str, profile: bool) -> dict[str, float]:
+    """One fresh pipeline's figures in `mode` (local or ssh)."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hfl-reconfigure-")))
+        fleet = (stack.enter_context(Fleet(len(SSH_HOSTS), tmp / "fleet", names=SSH_HOSTS))
+                 if mode == "ssh" else None)
+        p = stack.enter_context(Running(tmp, fleet))
+        noop = measure_noop_place(p, profile)
+        join = measure_join(p)
+        move, detect = measure_move(p)
+        return {"move_s": move, "join_s": join, "noop_place_s": noop, "detect_s": detect}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", choices=("local", "ssh"),
+                        help="measure one half (default: both)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print profile_tasks' task times of each no-op place.yml")
     args = parser.parse_args()
-    figures: dict[str, list[float]] = {"join_s": [], "move_s": [], "detect_s": [],
-                                       "noop_place_s": []}
-    for i in range(args.repeat):
-        with tempfile.TemporaryDirectory(prefix="hfl-reconfigure-") as tmp, \
-                Running(Path(tmp)) as p:
-            figures["noop_place_s"].append(measure_noop_place(p))
-            figures["join_s"].append(measure_join(p))
-            move, detect = measure_move(p)
-            figures["move_s"].append(move)
-            figures["detect_s"].append(detect)
-        print(f"run {i + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in figures.items()),
-              flush=True)
-    medians = {k: round(statistics.median(v), 2) for k, v in figures.items()}
-    print(f"median of {args.repeat}: join {medians['join_s']} s (inventory edit -> first "
-          f"update in an aggregate), move {medians['move_s']} s (decision -> first update "
-          f"under the new parent; detection {medians['detect_s']} s before it), place.yml with "
-          f"nothing to do {medians['noop_place_s']} s")
+    modes = [args.only] if args.only else ["local", "ssh"]
+    if "ssh" in modes and os.geteuid() != 0:
+        raise SystemExit("--only ssh (and the default, both halves) needs root: the SSH "
+                         "fleet's hosts are network namespaces")
+    # SIGTERM unwinds like Ctrl-C: every run's services, orchestrator and fleet are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    medians = {}
+    for mode in modes:
+        prefix = "ssh_" if mode == "ssh" else ""
+        runs = []
+        for i in range(args.repeat):
+            runs.append(measure(mode, args.profile))
+            print(f"{mode} run {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                      runs[-1].items()), flush=True)
+        m = {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
+        print(f"{mode}, median of {args.repeat}: join {m['join_s']} s (inventory edit -> "
+              f"first update in an aggregate), move {m['move_s']} s (decision -> first update "
+              f"under the new parent; detection {m['detect_s']} s before it), place.yml with "
+              f"nothing to do {m['noop_place_s']} s", flush=True)
+        medians.update({prefix + k: v for k, v in m.items()})
     print(json.dumps(medians))
 
 

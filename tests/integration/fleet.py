@@ -139,12 +139,17 @@ class Fleet:
 
     # -- use -------------------------------------------------------------------------------
     def run(self, argv, env=None, **kwargs):
-        """Run argv in the controller namespace (subprocess.run's arguments), with Ansible's
-        SSH control sockets in this fleet's folder."""
-        env = dict(env or os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.workdir / "cp"))
+        """Run argv in the controller namespace (subprocess.run's arguments), as in_controller
+        says."""
         # `ip netns exec` execs the command: its process group is the command's (run_group).
-        return run_group(["ip", "netns", "exec", self.controller.netns, *argv], env=env,
-                         **kwargs)
+        argv, env = self.in_controller(argv, env)
+        return run_group(argv, env=env, **kwargs)
+
+    def in_controller(self, argv, env=None):
+        """(argv, env) that run argv in the controller namespace with Ansible's SSH control
+        sockets in this fleet's folder: for a Popen of a command left running."""
+        env = dict(env or os.environ, ANSIBLE_SSH_CONTROL_PATH_DIR=str(self.workdir / "cp"))
+        return ["ip", "netns", "exec", self.controller.netns, *argv], env
 
     def connection_vars(self, host):
         return {

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -179,6 +180,23 @@ def run_group(argv, timeout=None, check=False, capture_output=False, **popen):
     if check:
         done.check_returncode()
     return done
+
+
+def stop_group(proc, grace_s=30):
+    """Stop a command left running in a session of its own (Popen with start_new_session):
+    SIGTERM to its process group; once its leader has ended, or after ``grace_s`` seconds,
+    SIGKILL to what is left of the group (ansible-playbook's workers outlive a SIGTERM that
+    ends their parent); then reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        # WNOWAIT: the ended leader is not reaped yet, so the group id is still ours.
+        while (time.monotonic() < deadline
+               and os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None):
+            time.sleep(0.1)
+        _kill_group(proc.pid)
+    proc.wait()
 
 
 def _kill_group(pgid):
