@@ -9,6 +9,12 @@ After Cilic et al. 2025 (the reference's RVA), with its flaws fixed:
   extrapolating two unrelated curves, and a revert must win by more than the fit's noise;
 - a budget that runs out inside the window is handled: the check runs early if it can, and a
   change that can no longer be judged is kept (a revert then could not pay off).
+- with fewer than two accuracy points before the change (the loop saw none while it placed the
+  change) there is no old slope: the change is kept, a speculative one reverted. Taking the new
+  slope for the old one, as before, credited a revert with what the change brought (measured in
+  bench/paper_scenarios.py, scenario 2b: the join of the clients holding classes 8 and 9 lifted
+  accuracy from 0.55 to 0.67 in 5 rounds, and the check reverted it for the one round more the
+  revert's budget bought).
 
 Accuracy model: acc(x) = a + b*ln(x + 1), x the *global* round. Why this form: FL test accuracy
 rises fast and then with diminishing returns; the log has that shape with two parameters, which is
@@ -110,9 +116,17 @@ def evaluate(
                            "judged; a revert could not pay off")
         return Verdict("wait", f"{len(post)} global round(s) since the change; need 2")
 
+    if len(pre) < 2:
+        # No slope of the old plan to compare with (e.g. the loop saw no rounds while it was
+        # placing the change). Assuming the old plan learns as fast as the new one would credit
+        # a revert with the learning the change itself brought (a newcomer's classes), so the
+        # side that must prove itself loses: a speculative change is reverted, any other kept.
+        why = f"{len(pre)} accuracy point(s) before the change; the old plan cannot be judged"
+        if p.speculative:
+            return Verdict("revert", f"speculative change not shown better: {why}")
+        return Verdict("keep", f"a revert cannot be shown better: {why}")
     a_new, b_new, sd_new = fit_log(*zip(*post, strict=True))
-    # With nothing to tell the old slope by, only the rounds each option buys differ.
-    b_old = fit_log(*zip(*pre, strict=True))[1] if len(pre) >= 2 else b_new
+    b_old = fit_log(*zip(*pre, strict=True))[1]
     level = a_new + b_new * math.log(now + 1)
     fc = {"fit_after": {"a": a_new, "b": b_new, "sd": sd_new}, "b_before": b_old,
           "level_now": level}

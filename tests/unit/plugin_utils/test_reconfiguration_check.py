@@ -96,3 +96,16 @@ def test_min_cost_objective_compares_cost_to_the_target():
     v = check.evaluate(pending(), fast, now=15, remaining_budget=None, objective="min_cost",
                        target_accuracy=0.7)
     assert v.action == "keep"
+
+
+def test_without_accuracy_before_the_change_a_revert_cannot_win():
+    # The loop saw no rounds while it placed the change (rounds 1-14 missing); after it the
+    # newcomer's data lifts accuracy steeply. Assuming the old plan as steep would let a revert
+    # win on the one round more it buys.
+    series = {15: 0.50, 16: 0.55, 17: 0.60, 18: 0.64, 19: 0.67, 20: 0.70}
+    p = pending(change_round=15)
+    v = check.evaluate(p, series, now=20, remaining_budget=8 * 1980)
+    assert v.action == "keep" and "cannot be shown better" in v.reason, v.reason
+    v = check.evaluate(pending(change_round=15, speculative=True), series, now=20,
+                       remaining_budget=8 * 1980)
+    assert v.action == "revert" and "not shown better" in v.reason, v.reason
