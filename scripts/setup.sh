@@ -10,8 +10,9 @@ PY=${PYTHON:-python3.11}
 
 # podman only recommends these, and we install without recommends: kube play builds its pause
 # image from catatonit, and podman 4.3's CNI networks resolve pod aliases only with dnsname.
+# lxc and debootstrap: the supervision test's system containers (systemd as PID 1).
 APT_PACKAGES=(openssh-server podman runc catatonit golang-github-containernetworking-plugin-dnsname
-  iproute2 dataset-fashion-mnist chromium prometheus)
+  iproute2 dataset-fashion-mnist chromium prometheus lxc debootstrap)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
