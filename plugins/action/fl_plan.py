@@ -14,9 +14,15 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.hfl.orchestration.plugins.module_utils.args_common import (
     PIPELINE_ARG_SPEC,
 )
-from ansible_collections.hfl.orchestration.plugins.plugin_utils import flower_app, plan, topology
+from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
+    flower_app,
+    plan,
+    stale,
+    topology,
+)
 
 APP_CHECK_FILE = "app-check.json"  # in the pipeline folder: the last import check that passed
+STALE_DIR = "stale"  # in the pipeline folder: one record per placed service still to stop
 
 
 def _plain(value):
@@ -37,12 +43,44 @@ def inventory_view(task_vars):
 
 
 def _read_assignment(path):
+    """(client -> parent, the clients left out) from an assignment file."""
     with open(path) as f:
         data = yaml.safe_load(f) or {}
+    left_out = data.get("left_out") or [] if isinstance(data, dict) else []
     data = data.get("assignment", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping client -> parent")
-    return {str(k): str(v) for k, v in data.items()}
+    if not isinstance(data, dict) or not isinstance(left_out, list):
+        raise ValueError(f"{path}: expected a mapping client -> parent (and a list left_out)")
+    return {str(k): str(v) for k, v in data.items() if k != "left_out"}, [str(h) for h in left_out]
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(pipeline_dir, previous, the_plan, check_mode):
+    """The services to stop (stale.stale_services), each kept in <pipeline>/stale/<id>.json
+    until placement has stopped it and removes the file; a record of a service that runs again
+    is dropped. Check mode writes nothing."""
+    folder = os.path.join(pipeline_dir, STALE_DIR)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json"))
+    except FileNotFoundError:
+        names = []
+    recorded = [r for r in (_read_json(os.path.join(folder, n)) for n in names)
+                if isinstance(r, dict)]
+    to_stop = stale.stale_services(previous, the_plan, recorded)
+    if not check_mode:
+        keep = {f"{r['id']}.json" for r in to_stop}
+        for record in to_stop:
+            _write_if_changed(os.path.join(folder, f"{record['id']}.json"),
+                              json.dumps(record, indent=2, sort_keys=True) + "\n")
+        for name in set(names) - keep:
+            os.remove(os.path.join(folder, name))
+    return to_stop
 
 
 def _base_dir(task_vars, host):
@@ -124,14 +162,22 @@ class ActionModule(ActionBase):
         try:
             hosts, groups = inventory_view(task_vars)
             topo = topology.build(hosts, groups, pipeline=args["pipeline"])
-            assignment = None
+            assignment, left_out = None, []
             if args["assignment_file"]:
                 try:
-                    assignment = _read_assignment(args["assignment_file"])
+                    assignment, left_out = _read_assignment(args["assignment_file"])
                 except (OSError, ValueError, yaml.YAMLError) as e:
                     return dict(result, failed=True, msg=f"assignment_file: {e}")
             app = _load_app(topo, task_vars)
             the_plan = plan.make_plan(topo, assignment, app)
+            # Left-out clients keep their spec (the orchestrator stops them through it on the
+            # process runtime); podman and k3s render none of them.
+            clients = {c.name for c in topo.clients}
+            if set(left_out) & clients:
+                the_plan["left_out"] = sorted(set(left_out) & clients)
+            the_plan["connections"] = {
+                s.host: _plain(stale.connection_vars(task_vars["hostvars"][s.host]))
+                for s in topo.services}
             pipeline_dir = os.path.join(os.path.expanduser(topo.pipeline.state_dir),
                                         topo.pipeline.name)
             warning = _check_imports(topo, app, pipeline_dir, self._task.check_mode)
@@ -148,6 +194,7 @@ class ActionModule(ActionBase):
                 os.path.join(archive_dir, f"{app.digest[:16]}.tar.gz") if self._task.check_mode
                 else flower_app.write_archive(app, archive_dir))
         path = os.path.join(pipeline_dir, "plan.json")
+        to_stop = _stale(pipeline_dir, _read_json(path), the_plan, self._task.check_mode)
         text = json.dumps(the_plan, indent=2, sort_keys=True) + "\n"
         if self._task.check_mode:
             try:
@@ -159,5 +206,6 @@ class ActionModule(ActionBase):
             changed = _write_if_changed(path, text)
         return dict(
             result, changed=changed, plan_path=path,
-            ansible_facts=dict(hfl_plan=the_plan, hfl_pipeline_dir=pipeline_dir),
+            ansible_facts=dict(hfl_plan={**the_plan, "stale": to_stop},
+                               hfl_pipeline_dir=pipeline_dir),
         )

@@ -29,6 +29,12 @@ description:
     line naming its variable. A check that passed is not repeated for the same app content,
     components and interpreter (C(app-check.json) in the pipeline's folder). When that Python
     has no C(flwr), the check is skipped with a warning.
+  - Records in the plan how each host was reached (C(connections) holds its C(ansible_host),
+    C(ansible_port), C(ansible_user), key file, SSH arguments, interpreter and become variables;
+    never a password). Compared with the last C(plan.json), every process service the new plan
+    no longer runs on the same host in the same folder (its host left the inventory, its folder
+    moved) gets a record in C(<hfl_state_dir>/<pipeline>/stale/), kept until role fl_placement
+    has stopped it there; they are returned in the fact as C(hfl_plan.stale).
   - Runs on the controller; use it with C(run_once) so the facts reach every host of the play.
 author:
   - hfl.orchestration developers (@hfl)
@@ -51,6 +57,8 @@ options:
       - A JSON or YAML file on the controller mapping client names to parent names, either at
         its top level or under the key C(assignment). Overrides the inventory's placement of the
         clients it names. The orchestrator writes it when it moves clients.
+      - Its list C(left_out) (the clients the orchestrator took out) becomes the plan's
+        C(left_out), and podman and k3s render none of them.
     type: path
 """
 
@@ -75,6 +83,8 @@ ansible_facts:
       description:
         - The plan (format in docs/architecture.md). With a Flower app it has C(app) with
           C(source) (the folder on the controller), C(digest) and C(archive).
+        - C(stale) lists the services to stop, each C({id, name, host, dir, connection}); it is
+          not written to C(plan.json).
       type: dict
     hfl_pipeline_dir:
       description: The pipeline's folder on the controller (absolute).

@@ -413,11 +413,19 @@ def _tls_digest(data):
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def placed_services(plan):
+    """The plan's services but the clients the orchestrator left out (the plan's
+    ``left_out``): podman and k3s render and wait for these only."""
+    left_out = set(plan.get("left_out") or ())
+    return [s for s in plan["services"] if s["name"] not in left_out]
+
+
 def _prepare(plan, *rest):
     """Plain JSON copies (values straight from Ansible are str subclasses YAML cannot dump),
-    the services in rendering order, and the check that their Kubernetes names differ."""
+    the placed services in rendering order, and the check that their Kubernetes names
+    differ."""
     plan, *rest = json.loads(json.dumps([plan, *rest]))
-    services = sorted(plan["services"],
+    services = sorted(placed_services(plan),
                       key=lambda s: (_ROLE_ORDER.index(s["role"]), s["name"]))
     seen = {}
     for s in services:
@@ -568,5 +576,5 @@ def clients_not_joined(plan, statuses):
         return []
     joined = {name: set(doc.get("children") or ()) for name, doc in statuses.items()
               if doc.get("reachable")}
-    return [s["name"] for s in plan["services"]
+    return [s["name"] for s in placed_services(plan)
             if s["role"] == "client" and s["name"] not in joined.get(s["parent"], ())]

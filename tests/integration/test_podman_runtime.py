@@ -99,6 +99,15 @@ def started_at(env):
                                     "{{.Name}} {{.State.StartedAt}}", *ids).splitlines()}
 
 
+def assert_nothing_left(env, pipeline):
+    """No container, pod, volume or secret in the store, and not the pipeline's network."""
+    assert podman(env, "ps", "--all", "--quiet") == ""
+    assert podman(env, "pod", "ps", "--quiet") == ""
+    assert podman(env, "volume", "ls", "--quiet") == ""
+    assert podman(env, "secret", "ls", "--quiet") == ""
+    assert f"hfl-{pipeline}" not in podman(env, "network", "ls", "--format", "{{.Name}}")
+
+
 @pytest.fixture
 def podman_store(tmp_path):
     if shutil.which("podman") is None:
@@ -200,8 +209,4 @@ def test_hfl_podman_runtime_trains_is_idempotent_and_resets_clean(podman_store, 
     print(f"podman site.yml: first {t1 - t0:.0f} s (placement + 6 rounds), second "
           f"{t3 - t2:.0f} s, reset {t4 - t3:.0f} s")
     assert reset.rc == 0, reset.why()
-    assert podman(env, "ps", "--all", "--quiet") == ""
-    assert podman(env, "pod", "ps", "--quiet") == ""
-    assert podman(env, "volume", "ls", "--quiet") == ""
-    assert podman(env, "secret", "ls", "--quiet") == ""
-    assert f"hfl-{pipeline}" not in podman(env, "network", "ls", "--format", "{{.Name}}")
+    assert_nothing_left(env, pipeline)

@@ -223,6 +223,31 @@ def test_hfl_k3s_prunes_exactly_what_left_the_plan():
     assert manifests.stale(in_cluster, before) == []
 
 
+def test_hfl_clients_the_orchestrator_left_out_are_not_rendered_and_are_pruned():
+    hosts, groups = local_hfl()
+    before_plan = plan.make_plan(topology.build(hosts, groups))
+    before = render(before_plan)
+    # The orchestrator's re-placement: c4 left out, kept in the plan's services under the GA.
+    left = plan.make_plan(topology.build(hosts, groups), assignment={"c4": "ga"})
+    left["left_out"] = ["c4"]
+    after = render(left)
+    assert sorted(u["name"] for u in manifests.podman_units(after)) == [
+        "c1", "c2", "c3", "ga", "la1", "la2"]
+    assert "c4" not in {d["metadata"]["name"] for d in docs(after)}
+    assert "c4-tls" not in {d["metadata"]["name"] for d in docs(manifests.tls_secrets(
+        left, pem_credentials(left)))}
+    in_cluster = docs(before) + docs(manifests.tls_secrets(before_plan,
+                                                           pem_credentials(before_plan)))
+    assert [(o["kind"], o["name"]) for o in manifests.stale(in_cluster, after)] == [
+        ("ConfigMap", "c4-config"), ("Deployment", "c4"), ("Secret", "c4-tls")]
+    # Placement waits for the joins of the clients it placed only.
+    statuses = {"ga": {"reachable": True, "children": ["la1", "la2"]},
+                "la1": {"reachable": True, "children": ["c1", "c2"]},
+                "la2": {"reachable": True, "children": ["c3"]}}
+    assert manifests.clients_not_joined(left, statuses) == []
+    assert manifests.clients_not_joined(before_plan, statuses) == ["c4"]
+
+
 def test_hfl_bytes_do_not_depend_on_key_order():
     p = plan.make_plan(topology.build(*local_hfl()))
     reordered = json.loads(json.dumps(p, sort_keys=True))
