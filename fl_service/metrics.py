@@ -39,6 +39,9 @@ class ServiceState:
         self.local_round = 0
         self.global_rounds = cfg["global_rounds"] if self.role == GA else None
         self.last_metrics: dict[str, float | None] = {"accuracy": None, "loss": None}
+        # GA: [global_round, accuracy, loss] of its last rounds (global_aggregator.RECENT_ROUNDS),
+        # so a reader that polls less often than rounds complete (the orchestrator) misses none.
+        self.recent_metrics: list[list[Any]] = []
         self.rejected_updates = 0
         self.failed_aggregations = 0  # rounds whose strategy gave no usable aggregate
         self.last_federated_metrics: dict[str, Any] | None = None  # last federated evaluation
@@ -84,6 +87,7 @@ class ServiceState:
                 "local_round": self.local_round,
                 "global_rounds": self.global_rounds,
                 "last_metrics": dict(self.last_metrics),
+                "recent_metrics": list(self.recent_metrics),
                 "links": self.links.snapshot(),
                 "children": sorted(self.children()),
                 "rejected_updates": self.rejected_updates,

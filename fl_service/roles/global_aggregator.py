@@ -52,6 +52,8 @@ from fl_service.transport import EVALUATE, TRAIN, Arrays, aggregator_routes
 
 log = logging.getLogger("fl_service.ga")
 ROUNDS_OVERRIDE = "global_rounds.json"
+# Rounds /status recent_metrics covers: more than complete between two orchestrator polls.
+RECENT_ROUNDS = 64
 
 
 class GlobalAggregator(Service):
@@ -87,7 +89,8 @@ class GlobalAggregator(Service):
                      " with the strategy's state" if restored else "")
         if self._history:
             last = self._history[-1]
-            self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]})
+            self.state.set(last_metrics={"accuracy": last["accuracy"], "loss": last["loss"]},
+                           recent_metrics=_recent(self._history))
             federated = [h["federated"] for h in self._history if h.get("federated")]
             if federated:
                 self.state.set(last_federated_metrics=federated[-1])
@@ -248,6 +251,7 @@ class GlobalAggregator(Service):
         with self._rounds:
             self._done, self._round_open = global_round, False
         self.state.set(last_metrics={"accuracy": accuracy, "loss": loss},
+                       recent_metrics=_recent(history),
                        num_examples=result.num_examples, histogram=result.histogram,
                        round_wall_s=wall, train_time_s=result.train_time_s,
                        aggregation_time_s=result.aggregation_time_s)
@@ -297,6 +301,11 @@ def _callable(cfg: dict[str, Any], key: str) -> Callable[..., Any] | None:
     if not callable(obj):
         raise ConfigError(key, f"{cfg[key]} is not callable")
     return obj
+
+
+def _recent(history: list[dict[str, Any]]) -> list[list[Any]]:
+    """/status recent_metrics: [global_round, accuracy, loss] of the last RECENT_ROUNDS."""
+    return [[h["global_round"], h["accuracy"], h["loss"]] for h in history[-RECENT_ROUNDS:]]
 
 
 def _record(arrays: Arrays) -> ArrayRecord:

@@ -201,12 +201,20 @@ class Orchestrator:
         self.settings.budget = fleet.budget  # the inventory's, edits included
         # Weights of hosts that left the inventory are still needed to price the old plan.
         self._weights = {**self._weights, **fleet.cost}
-        rnd = completed_round(self._statuses.get(fleet.ga))
-        metrics = (self._statuses.get(fleet.ga) or {}).get("last_metrics") or {}
-        if rnd > 0 and metrics.get("accuracy") is not None:
-            self.accuracy[rnd] = float(metrics["accuracy"])
-            if metrics.get("loss") is not None:
-                self.loss[rnd] = float(metrics["loss"])
+        ga = self._statuses.get(fleet.ga) or {}
+        rnd = completed_round(ga)
+        metrics = ga.get("last_metrics") or {}
+        # Every round completed since the last look (the GA's recent_metrics), not only the
+        # last: the check's fit needs the rounds before a change, and polls (or a placement
+        # that blocks the loop) can be slower than rounds.
+        seen = [(r, acc, loss) for r, acc, loss in ga.get("recent_metrics") or [] if r <= rnd]
+        if rnd > 0 and not seen:
+            seen = [(rnd, metrics.get("accuracy"), metrics.get("loss"))]
+        for r, acc, loss in seen:
+            if acc is not None:
+                self.accuracy[r] = float(acc)
+                if loss is not None:
+                    self.loss[r] = float(loss)
         self.ledger.observe(self._statuses, self._weights)
         self._calibrate(rnd, fleet)
         return rnd

@@ -36,4 +36,7 @@ def test_global_rounds_control_stops_and_resumes_the_run(pipeline: Pipeline) -> 
                                s["global_round"] == stop_at + 2, "two more rounds")
     rounds = ga.results()
     assert [r["global_round"] for r in rounds] == list(range(1, stop_at + 3))
+    # Every completed round's accuracy and loss, for a reader that polls less often.
+    assert status["recent_metrics"] == [[r["global_round"], r["accuracy"], r["loss"]]
+                                        for r in rounds]
     assert rounds[-1]["participants"] == ["c0", "c1"]

@@ -236,6 +236,19 @@ def test_a_dead_la_has_its_clients_reassigned_to_the_other_la_and_is_left_out():
     assert d.moves
 
 
+def test_every_round_completed_between_two_looks_is_recorded_for_the_check():
+    w = World(global_rounds=40)
+    o = start(w)
+    look(o, w)
+    statuses = w.observe(o.to_observe(w.fleet()))
+    # Ten rounds went by since the last look (a slow poll, a placement blocking the loop).
+    statuses["ga"].update(global_round=12, recent_metrics=[[r, 0.5 + r / 100, 1.0 / r]
+                                                           for r in range(2, 12)])
+    assert o.observe(w.fleet(), statuses) == 11
+    assert sorted(o.accuracy) == list(range(1, 12))
+    assert o.accuracy[7] == pytest.approx(0.57) and o.loss[7] == pytest.approx(1 / 7)
+
+
 def test_a_finished_pipeline_is_a_stop():
     w = World(global_rounds=3)
     o = start(w)
