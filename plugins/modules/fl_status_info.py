@@ -228,6 +228,12 @@ statuses:
       description: Its last test C(accuracy) and C(loss).
       type: dict
       sample: {accuracy: 0.91, loss: 0.32}
+    recent_metrics:
+      description: Global aggregator only, V([]) elsewhere; C([global_round, accuracy, loss]) of
+        its last 64 global rounds, oldest first.
+      type: list
+      elements: list
+      sample: [[9, 0.9, 0.35], [10, 0.91, 0.32]]
     links:
       description: Per peer, C(sent_bytes) and C(received_bytes) so far.
       type: dict
