@@ -175,6 +175,7 @@ class Orchestrator:
     _misses: dict[str, int] = field(default_factory=dict)
     _members: set[str] | None = None
     _mark: tuple[int, float] | None = None  # (round, measured cost) first seen under the plan
+    _price_span: int = 0  # rounds the estimate of exchange_mb was measured over
     _stall_after: int = 0
     _stopping: bool = False
     _bound_budget: float | None = None  # the budget when the GA was last told its last round
@@ -224,15 +225,22 @@ class Orchestrator:
         seen under the running plan. Counters are read mid-round, so an estimate over n rounds
         is off by up to one round's traffic / n: the longer the span, the sharper."""
         if self._mark is None or rnd < self._mark[0]:
-            self._mark = (rnd, self.ledger.measured)
-            return
+            # Attached to a pipeline already training: the counters hold every round so far,
+            # so the first estimate spans them all. Later (a new plan, a GA that went back to
+            # an older checkpoint) the span starts now.
+            attach = self._mark is None and self.exchange_mb is None
+            self._mark = (0, 0.0) if attach else (rnd, self.ledger.measured)
         r0, m0 = self._mark
-        if rnd == r0:
+        # /status is read mid-round, so a span of n rounds overestimates by up to 1/n: a span
+        # replaces the estimate only when it is at least as long as the one behind it (a model
+        # exchange is the same MB under any plan).
+        if rnd - r0 <= 0 or rnd - r0 < self._price_span:
             return
         unit = cost.round_cost(self.assignment, self._weights, fleet.ga,
                                self.settings.local_rounds, 1.0)
         if unit > 0:
             self.exchange_mb = (self.ledger.measured - m0) / (rnd - r0) / unit
+            self._price_span = rnd - r0
             if self.deferred_units:
                 self.ledger.book(self.deferred_units * self.exchange_mb)
                 self.deferred_units = 0.0
