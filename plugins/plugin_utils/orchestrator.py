@@ -369,6 +369,9 @@ class Orchestrator:
         out = []
         if self._members is None:
             out.append("attach")
+            # A stall is judged on rounds this loop watched: the GA's recent rounds may show
+            # a plateau of a plan someone chose on purpose before it attached.
+            self._stall_after = rnd + self.settings.stall_window
         else:
             joined, left = policies.membership(self._members, members)
             out += [f"join: {n}" for n in joined] + [f"leave: {n}" for n in left]

@@ -510,3 +510,18 @@ def test_stall_tries_the_other_grouping_once_and_reverts_it_when_no_better():
     assert o.assignment == policies.assign("min_comm_cost", w.fleet())
     again = [e for e in w.events if "tried before" in e["reason"]]
     assert again and o.stop_reason == "iteration bound 20 reached"  # no oscillation
+
+
+def test_a_plateau_before_the_loop_attached_is_no_stall_until_it_watched_a_window():
+    w = World(global_rounds=100, acc=lambda r, a: 0.9)  # flat from the start
+    o = start(w, stall_window=5)
+    for _ in range(29):
+        w._train_one_round()  # trained before the loop attached
+    statuses = w.observe(o.to_observe(w.fleet()))  # round 30 done
+    statuses["ga"]["recent_metrics"] = [[r, 0.9, 1.0] for r in range(1, 31)]
+    rnd = o.observe(w.fleet(), statuses)
+    assert rnd == 30 and len(o.accuracy) == 30
+    assert o.decide(rnd) == NoChange("attach", "the configuration model keeps the plan")
+    decisions = [o.decide(look(o, w)) for _ in range(6)]
+    assert decisions[:4] == [None] * 4
+    assert any(d is not None and d.trigger.startswith("stall") for d in decisions[4:])
