@@ -28,8 +28,8 @@ description:
     row) or recovering, and a learning stall (loss rising or accuracy flat over O(stall_window)
     rounds). The configuration model C(hfl_config_model) (C(min_comm_cost), C(min_kld), C(flat))
     computes the assignment for the live fleet.
-  - Act. The running services are told first what they can act on at once (C(POST /control)):
-    each aggregator which of its children failed, left or are left out (its open round stops
+  - Act. The running services are first told, by C(POST /control), what they can act on at
+    once; each aggregator which of its children failed, left or are left out (its open round stops
     waiting for them), and on the process runtime each moved client its new parent (a live
     switch). Services other than the global aggregator are told only where its host is the
     controller, with the controller's certificate from C(hfl_pki_dir). Then a different
