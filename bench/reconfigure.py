@@ -55,6 +55,7 @@ from hfl_helpers import (  # noqa: E402
     service_pids,
     stop_group,
     stop_processes_under,
+    triggered,
 )
 
 PIPELINE = "demo"
@@ -115,7 +116,7 @@ class Running:
         self.log = open(self.tmp / "orchestrate.log", "w")  # noqa: SIM115 - closed in __exit__
         self.orchestrator = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.log,
                                              stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait(lambda: any(e["trigger"] == "attach" for e in self.events()), "attach")
+        self.wait(lambda: any(triggered(e, "attach") for e in self.events()), "attach")
 
     def __exit__(self, *exc):
         try:
@@ -174,7 +175,7 @@ def measure_join(p: Running) -> float:
                   f"{JOINING}'s first update")
     # The client trains before its placement's last checks are done: the loop is back on watch
     # only once the join's event is written.
-    p.wait(lambda: any(e["trigger"] == f"join: {JOINING}" for e in p.events()),
+    p.wait(lambda: any(triggered(e, f"join: {JOINING}") for e in p.events()),
            "the join's event")
     return seen - began
 
@@ -182,7 +183,7 @@ def measure_join(p: Running) -> float:
 def measure_move(p: Running) -> tuple[float, float]:
     killed = time.time()
     os.kill(service_pids(p.tmp / "hosts")["la2"], signal.SIGKILL)
-    ev = p.wait(lambda: next((e for e in p.events() if e["trigger"] == "failure: la2"
+    ev = p.wait(lambda: next((e for e in p.events() if triggered(e, "failure: la2")
                               and e["action"] == "apply"), None), "the move off la2")
     decided = ev["ts"] - ev["placement_s"]
     moved = [c for c, parent in ev["plan_after"].items() if ev["plan_before"].get(c) == "la2"]

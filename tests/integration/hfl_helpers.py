@@ -85,6 +85,12 @@ _FAILED = re.compile(r"^(?:fatal|failed): \[(?P<host>[^\]]+)\](?P<item>.*?):?(?:
                      r"(?P<inline>.*)$")
 
 
+def triggered(event, trigger):
+    """Whether an orchestrator event was (also) caused by `trigger`: one iteration's triggers
+    are joined with "; " (e.g. "join: c5; stall: ...")."""
+    return trigger in event["trigger"].split("; ")
+
+
 def _failure_doc(inline, block):
     """The result after ``=>``: JSON on the same line or the YAML callback's indented block."""
     text = inline if inline.strip() else textwrap.dedent("\n".join(block))

@@ -26,6 +26,7 @@ from hfl_helpers import (
     playbook,
     service_pids,
     stop_processes_under,
+    triggered,
 )
 
 pytestmark = pytest.mark.integration
@@ -138,7 +139,7 @@ def test_a_client_added_to_the_inventory_file_joins_the_aggregate(pipeline_facto
     p = pipeline_factory(edit_reference(rounds=1000))
     p.place()
     p.attach()
-    p.wait_event(lambda e: e["trigger"] == "attach")
+    p.wait_event(lambda e: triggered(e, "attach"))
     p.wait_rounds(2)
     port = free_ports(1)[0]
     doc = yaml.safe_load(p.hosts_yml().read_text())
@@ -146,7 +147,7 @@ def test_a_client_added_to_the_inventory_file_joins_the_aggregate(pipeline_facto
         "hfl_role": "client", "hfl_port": port, "hfl_link_cost": {"la1": 20, "la2": 60}}
     p.hosts_yml().write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    ev = p.wait_event(lambda e: e["trigger"] == "join: c5" and e["action"] == "apply")
+    ev = p.wait_event(lambda e: triggered(e, "join: c5") and e["action"] == "apply")
     assert ev["plan_after"]["c5"] == "la1" and "c5" not in ev["plan_before"]
     assert ev["cost"]["total"] > 0 and "change_cost" in ev
     # Placement returns once c5 answers /status; it then loads its data and joins la1. From
@@ -170,12 +171,12 @@ def test_a_killed_la_has_its_clients_moved_and_training_goes_on(pipeline_factory
     p = pipeline_factory(edit_reference(rounds=1000))
     p.place()
     p.attach()
-    p.wait_event(lambda e: e["trigger"] == "attach")
+    p.wait_event(lambda e: triggered(e, "attach"))
     p.wait_rounds(3)
     ga_pid = service_pids(p.tmp / "hosts")["ga"]
     os.kill(service_pids(p.tmp / "hosts")["la2"], signal.SIGKILL)
 
-    ev = p.wait_event(lambda e: e["trigger"] == "failure: la2" and e["action"] == "apply")
+    ev = p.wait_event(lambda e: triggered(e, "failure: la2") and e["action"] == "apply")
     assert set(ev["plan_after"].values()) == {"la1"}
     done = len(p.results("ga"))
     p.wait_rounds(done + 3, deadline_s=180)
@@ -218,7 +219,7 @@ def test_a_budget_set_while_it_runs_stops_it_within_one_round_of_cost(pipeline_f
         pytest.skip("the GA has no POST /control {global_rounds} yet (docs/architecture.md); "
                     "re-placing it takes longer than many digits rounds")
     p.attach()
-    p.wait_event(lambda e: e["trigger"] == "attach")
+    p.wait_event(lambda e: triggered(e, "attach"))
     p.wait_rounds(len(p.results("ga")) + 3)
     so_far = round_costs(p)
     per_round = max(so_far.values())  # about 87: 0.31 MB per exchange on digits

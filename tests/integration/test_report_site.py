@@ -28,6 +28,7 @@ from hfl_helpers import (
     pki_context,
     playbook,
     stop_processes_under,
+    triggered,
 )
 
 pytestmark = pytest.mark.integration
@@ -84,7 +85,7 @@ def test_report_of_an_orchestrated_run_lists_a_joiner(tmp_path):
     site = SiteRun(inventory, tmp_path / "site.log")
     try:
         site.until("orchestrator attached", lambda: any(
-            e.get("trigger") == "attach" for e in jsonl(state / "events.jsonl")), 900)
+            triggered(e, "attach") for e in jsonl(state / "events.jsonl")), 900)
         doc = yaml.safe_load((inventory / "hosts.yml").read_text())
         doc["hfl_cluster"]["children"]["edge"]["hosts"]["c5"] = {
             "hfl_role": "client", "hfl_port": free_ports(1)[0],
