@@ -388,7 +388,10 @@ class Orchestrator:
         self.failed = (self.failed | down) - {n for n in self.failed
                                               if self._statuses.get(n, {}).get("reachable")}
         self.failed.discard(f.ga)  # the GA is re-placed, never planned around
-        if self.pending is None and rnd >= self._stall_after:
+        # A change of the fleet is planned by the running configuration model, never mixed
+        # with a stall's experiment (which would regroup everyone around a newcomer); a stall
+        # is judged once no other trigger is seen.
+        if not out and self.pending is None and rnd >= self._stall_after:
             rounds = sorted(self.accuracy)
             why = policies.stall([self.accuracy[r] for r in rounds],
                                  [self.loss[r] for r in rounds if r in self.loss],

@@ -525,3 +525,13 @@ def test_a_plateau_before_the_loop_attached_is_no_stall_until_it_watched_a_windo
     decisions = [o.decide(look(o, w)) for _ in range(6)]
     assert decisions[:4] == [None] * 4
     assert any(d is not None and d.trigger.startswith("stall") for d in decisions[4:])
+
+
+def test_a_join_seen_with_a_plateau_is_planned_by_the_running_model_not_as_a_stall():
+    w = World(global_rounds=100, acc=lambda r, a: 0.9)  # flat: a stall is due
+    o = start(w, stall_window=5)
+    assert [o.decide(look(o, w)) for _ in range(5)][1:] == [None] * 4  # rounds 1..5
+    w.inventory.append("c9")
+    d = o.decide(look(o, w))  # round 6: the stall window after attach is over, too
+    assert isinstance(d, Reassign) and d.trigger == "join: c9"
+    assert d.config_model == "min_comm_cost" and not d.speculative
