@@ -182,6 +182,7 @@ class Orchestrator:
     _fleet: policies.Fleet | None = None
     _statuses: dict[str, dict] = field(default_factory=dict)
     _weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    _looked: list[int] = field(default_factory=list)  # the GA's round at each look
 
     def __post_init__(self):
         self.config_model = self.config_model or self.settings.config_model
@@ -216,6 +217,8 @@ class Orchestrator:
                 self.accuracy[r] = float(acc)
                 if loss is not None:
                     self.loss[r] = float(loss)
+        if rnd in self.accuracy and (not self._looked or self._looked[-1] < rnd):
+            self._looked.append(rnd)
         self.ledger.observe(self._statuses, self._weights)
         self._calibrate(rnd, fleet)
         return rnd
@@ -392,7 +395,10 @@ class Orchestrator:
         # with a stall's experiment (which would regroup everyone around a newcomer); a stall
         # is judged once no other trigger is seen.
         if not out and self.pending is None and rnd >= self._stall_after:
-            rounds = sorted(self.accuracy)
+            # Judged on the rounds seen at each look, not on every round (the check's fit
+            # takes those): on fast rounds a window of 5 rounds is a second, and a saturated
+            # pipeline would be regrouped as stalled every few seconds.
+            rounds = self._looked
             why = policies.stall([self.accuracy[r] for r in rounds],
                                  [self.loss[r] for r in rounds if r in self.loss],
                                  self.settings.stall_window)
