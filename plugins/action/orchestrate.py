@@ -251,8 +251,8 @@ class ActionModule(ActionBase):
         host is this machine (the controller's certificate is here)."""
         told = [(agg, {"gone": children}) for agg, children in gone.items()]
         if self._topo.pipeline.runtime == "process":
-            told += [(client, {"parent": f"{svc.address}:{svc.port}"})
-                     for client, svc in ((c, self._topo.service(p)) for c, p in moves.items())]
+            told += [(client, {"parent": plan.parent_address(self._topo.service(parent))})
+                     for client, parent in moves.items()]
         for name, message in told:
             if name != self._topo.ga.name and not self._in_process():
                 continue

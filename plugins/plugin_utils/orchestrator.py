@@ -372,9 +372,6 @@ class Orchestrator:
         out = []
         if self._members is None:
             out.append("attach")
-            # A stall is judged on rounds this loop watched: the GA's recent rounds may show
-            # a plateau of a plan someone chose on purpose before it attached.
-            self._stall_after = rnd + self.settings.stall_window
         else:
             joined, left = policies.membership(self._members, members)
             out += [f"join: {n}" for n in joined] + [f"leave: {n}" for n in left]
@@ -397,7 +394,8 @@ class Orchestrator:
         if not out and self.pending is None and rnd >= self._stall_after:
             # Judged on the rounds seen at each look, not on every round (the check's fit
             # takes those): on fast rounds a window of 5 rounds is a second, and a saturated
-            # pipeline would be regrouped as stalled every few seconds.
+            # pipeline would be regrouped as stalled every few seconds. So it is also judged
+            # only on rounds this loop watched, never on a plateau from before it attached.
             rounds = self._looked
             why = policies.stall([self.accuracy[r] for r in rounds],
                                  [self.loss[r] for r in rounds if r in self.loss],
@@ -453,6 +451,7 @@ class Orchestrator:
         """Per live aggregator of the running plan, its children that failed, left the
         inventory or are left out now: its open round need not wait for them."""
         f = self._fleet
+        members = {*f.las, *f.clients}
         las = {*f.las, *self.assignment.values()} - {f.ga}
         parents = {**self.assignment, **dict.fromkeys(las, f.ga)}
         out: dict[str, list[str]] = {}
@@ -460,7 +459,7 @@ class Orchestrator:
             parent = parents[child]
             if parent in self.failed:
                 continue
-            if child in self.failed or child in left_out or child not in {*f.las, *f.clients}:
+            if child in self.failed or child in left_out or child not in members:
                 out.setdefault(parent, []).append(child)
         return out
 

@@ -51,6 +51,12 @@ def tls_paths(topology, service):
     return {key: f"{folder}/{name}" for key, name in TLS_FILES.items()}
 
 
+def parent_address(service):
+    """The ``parent`` a child's config names to reach ``service`` (host:port); the orchestrator's
+    live switch sends the same, so the reload that placement causes finds it in force."""
+    return f"{service.address}:{service.port}"
+
+
 def service_url(topology, service):
     """Where its peers and the controller's readers reach the service: https unless the
     pipeline is ``hfl_insecure``, at its plan address (no path)."""
@@ -169,7 +175,7 @@ def _config(topology, service, parent, app=None):
         "seed": p.seed,
     }
     if parent is not None:
-        cfg["parent"] = f"{parent.address}:{parent.port}"
+        cfg["parent"] = parent_address(parent)
     for key in ("task", "data_dir"):
         if getattr(p, key):
             cfg[key] = getattr(p, key)
