@@ -124,6 +124,7 @@ def test_a_departed_host_that_cannot_be_reached_fails_the_run_naming_it(placed_p
     plan_json = pipeline_dir(inventory) / "plan.json"
     plan = json.loads(plan_json.read_text())
     [port] = free_ports(1)
+    reached_as = plan["connections"]["c2"]
     plan["connections"]["c2"] = {"ansible_host": "127.0.0.1", "ansible_port": port}
     plan_json.write_text(json.dumps(plan))
     remove_host(inventory, "c2")
@@ -141,9 +142,9 @@ def test_a_departed_host_that_cannot_be_reached_fails_the_run_naming_it(placed_p
     [record] = (pipeline_dir(inventory) / "stale").iterdir()
     assert json.loads(record.read_text())["name"] == "c2"
 
-    # The host answers again (here: as it really is, this machine): the next run stops it.
-    record.write_text(json.dumps({**json.loads(record.read_text()),
-                                  "connection": {"ansible_connection": "local"}}))
+    # The host answers again, reached as it was placed (this machine, with the inventory's
+    # interpreter): the next run stops it.
+    record.write_text(json.dumps({**json.loads(record.read_text()), "connection": reached_as}))
     replaced = playbook("place.yml", inventory)
     assert replaced.rc == 0, replaced.why()
     assert not alive(pids["c2"])
@@ -155,9 +156,12 @@ def test_podman_client_removed_from_the_inventory_is_stopped_by_place_and_reset(
     env = podman_store
     import_base_image(env)
 
+    # c3 stays too, so that the pipeline still has a client when c1 leaves before reset.yml.
     def edit(tiers, cluster_vars):
+        c3 = tiers["edge"]["c3"]
         small_pipeline(tiers, cluster_vars)
-        cluster_vars.update(hfl_runtime="podman", hfl_image=IMAGE,
+        tiers["edge"]["c3"] = {**c3, "hfl_link_cost": {"la1": 1}}
+        cluster_vars.update(hfl_runtime="podman", hfl_image=IMAGE, hfl_num_partitions=3,
                             hfl_image_python=str(ROOT / ".venv/bin/python"),
                             hfl_image_host_paths=host_paths(),
                             hfl_podman_dir=str(tmp_path / "units"))
@@ -174,13 +178,13 @@ def test_podman_client_removed_from_the_inventory_is_stopped_by_place_and_reset(
 
     placed = playbook("place.yml", inventory, env=env)
     assert placed.rc == 0, placed.why()
-    assert pods() == ["c1-pod-0", "c2-pod-0", "ga-pod-0", "la1-pod-0"]
+    assert pods() == ["c1-pod-0", "c2-pod-0", "c3-pod-0", "ga-pod-0", "la1-pod-0"]
     assert volumes_of("c2")
 
     remove_host(inventory, "c2")
     replaced = playbook("place.yml", inventory, env=env)
     assert replaced.rc == 0, replaced.why()
-    assert pods() == ["c1-pod-0", "ga-pod-0", "la1-pod-0"]
+    assert pods() == ["c1-pod-0", "c3-pod-0", "ga-pod-0", "la1-pod-0"]
     assert volumes_of("c2") == []
     assert "c2-tls" not in podman(env, "secret", "ls", "--format", "{{.Name}}")
     assert not (tmp_path / "units" / pipeline / "c2.yaml").exists()
