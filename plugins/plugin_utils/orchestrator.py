@@ -305,6 +305,25 @@ class Orchestrator:
                          f"left buys {last - rnd} round(s) of {per_round:.4g}")
         return None
 
+    def bound_before(self, d: Reassign, rnd: int) -> Bound | None:
+        """The GA's last round lowered to what the budget buys once `d` is paid for and its
+        rounds cost the new plan's price, before it is placed: the GA trains on meanwhile and
+        could otherwise reach the older, later last round under a costlier plan. None when the
+        budget does not bound the run or the bound sent already holds."""
+        s, sent = self.settings, self.last_round_sent
+        price = self.per_round(d.assignment)
+        if s.budget is None or sent is None or not price:
+            return None
+        change = cost.change_cost(self.assignment, d.assignment, self._weights,
+                                  self.exchange_mb, self._fleet.ga)
+        remaining = s.budget - self.ledger.total - change
+        last = max(rnd, rnd + math.floor(remaining / price))
+        if last >= sent:
+            return None
+        return Bound(last, f"the GA stops after global round {last} under the new plan: "
+                     f"{remaining:.4g} left after the change buys {last - rnd} round(s) of "
+                     f"{price:.4g}")
+
     def _unbound(self) -> Bound | None:
         """The GA's own last round back, when an edit of the budget lifted the bound it was
         told (the budget was raised past it, or removed)."""
@@ -478,7 +497,8 @@ class Orchestrator:
             self._stopping = isinstance(d, StopAt)
         return self.event(d.trigger, d.action, d.reason, rnd,
                           after=d.plan_after if isinstance(d, Stop) else None,
-                          forecast=d.forecast if isinstance(d, Keep) else None)
+                          forecast=d.forecast if isinstance(d, Keep) else None,
+                          last_round=d.last_round if isinstance(d, LastRound) else None)
 
     def _placed(self, d: Reassign, rnd: int, applied_at: int) -> dict:
         f = self._fleet
@@ -539,6 +559,10 @@ class Orchestrator:
                     h.set_last_round(d.last_round)
                 elif isinstance(d, Reassign):
                     began = h.clock()
+                    lowered = self.bound_before(d, rnd)
+                    if lowered is not None:
+                        h.set_last_round(lowered.last_round)
+                        h.emit(self.record(lowered, rnd))
                     if d.moves or d.gone:
                         h.reroute(d.moves, d.gone)
                     try:

@@ -428,6 +428,26 @@ def test_budget_stops_the_run_within_one_round_of_cost():
     assert all("remaining" in e["cost"] for e in w.events)
 
 
+def test_a_costlier_change_lowers_the_bound_before_it_is_placed():
+    # la2 dies: its clients move to la1 over links three times dearer (840 a round, was 720),
+    # and the GA trains on while the move is placed, so it is told its earlier last round first.
+    w = World(global_rounds=100, script={5: kill_la2})
+    last_when_placed = []
+    apply = w.apply
+    w.apply = lambda a, out: (last_when_placed.append(w.last), apply(a, out))
+    o = start(w, budget=20.5 * 720, max_iterations=30)
+    o.hooks.apply = w.apply
+    summary = o.run()
+    placed = next(i for i, e in enumerate(w.events) if e["action"] == "apply")
+    before, lowered = w.events[placed - 2:placed]
+    assert before["action"] == "bound" and lowered["action"] == "bound"
+    assert "under the new plan" in lowered["reason"], lowered
+    # The GA trained under the lowered bound while the move was placed.
+    assert last_when_placed == [lowered["last_round"]] < [before["last_round"]]
+    assert summary["stop_reason"].startswith("budget")
+    assert summary["cost"]["total"] <= 20.5 * 720 + 840
+
+
 def test_target_accuracy_stops_the_pipeline():
     w = World(global_rounds=100)
     summary = start(w, target_accuracy=0.6, objective="min_cost").run()
