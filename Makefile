@@ -37,5 +37,6 @@ unit:
 integration:
 	pytest -q tests/integration
 
+# --durations: the slowest tests, in CI's output too, to keep the run within its 40 minutes.
 test: setup lint sanity
-	pytest -q tests
+	pytest -q --durations=30 tests
