@@ -97,6 +97,9 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self.validate_argument_spec(argument_spec=SPEC)[1]
+        if args["stall_window"] < 0:
+            return dict(result, failed=True, msg="stall_window (hfl_stall_window) must be 0 (no "
+                        f"stall experiments) or more global rounds, got {args['stall_window']}")
         self._vars = task_vars
         self._args = args
         self._sources = args["inventory"] or list(task_vars.get("ansible_inventory_sources", []))

@@ -85,7 +85,9 @@ options:
     type: int
     default: 5
   stall_window:
-    description: Global rounds over which a stall is judged.
+    description:
+      - Global rounds over which a stall is judged; C(0) runs no stall experiments (fleet
+        changes and failures are still acted on).
     type: int
     default: 5
   poll_s:

@@ -133,7 +133,7 @@ class Settings:
     local_rounds: int = 1
     verify: bool = True  # run the reconfiguration check
     window: int = 5
-    stall_window: int = 5
+    stall_window: int = 5  # 0: no stall experiments
     failure_threshold: int = 2
     poll_s: float = 2.0
     max_iterations: int = 100_000
@@ -410,7 +410,8 @@ class Orchestrator:
         # A change of the fleet is planned by the running configuration model, never mixed
         # with a stall's experiment (which would regroup everyone around a newcomer); a stall
         # is judged once no other trigger is seen.
-        if not out and self.pending is None and rnd >= self._stall_after:
+        if (not out and self.pending is None and self.settings.stall_window > 0
+                and rnd >= self._stall_after):
             # Judged on the rounds seen at each look, not on every round (the check's fit
             # takes those): on fast rounds a window of 5 rounds is a second, and a saturated
             # pipeline would be regrouped as stalled every few seconds. So it is also judged

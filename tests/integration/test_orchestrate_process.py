@@ -210,6 +210,17 @@ def round_costs(p):
     return cost.round_costs_from_results(lines, WEIGHTS)
 
 
+def test_a_negative_stall_window_is_refused_in_one_line_naming_it(tmp_path):
+    inventory = local_inventory(tmp_path, edit_reference(rounds=4))
+    run = playbook("orchestrate.yml", inventory, "-e", "hfl_orchestrate=true",
+                   "-e", "hfl_stall_window=-1")
+    assert run.rc != 0
+    assert run.failure.endswith(
+        "stall_window (hfl_stall_window) must be 0 (no stall experiments) or more global "
+        "rounds, got -1"), run.why()
+    assert not (tmp_path / "controller").exists()  # refused before anything was written
+
+
 def test_a_budget_set_while_it_runs_stops_it_within_one_round_of_cost(pipeline_factory):
     """The budget is an inventory edit like any other: set while the pipeline trains, the
     loop prices the rounds, tells the GA its last round ahead and the run ends on budget."""

@@ -372,6 +372,13 @@ def test_a_stall_tries_the_other_grouping_as_an_experiment():
     assert tried.config_model == "min_kld" and tried.speculative and tried.revertible
 
 
+def test_a_stall_window_of_zero_runs_no_stall_experiment():
+    w = World(global_rounds=60, acc=lambda r, a: 0.5, skewed=True)
+    o = start(w, stall_window=0)
+    decisions = [o.decide(look(o, w)) for _ in range(12)]
+    assert decisions[0].trigger == "attach" and decisions[1:] == [None] * 11
+
+
 def test_status_histograms_feed_min_kld():
     w = World(global_rounds=10)
     o = start(w, config_model="min_kld")
