@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CONFIG_MODELS = ("min_comm_cost", "min_kld", "flat")
+# The configuration models by the names the inventory's hfl_config_model takes (topology
+# validates them).
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import CONFIG_MODELS
+
 TIE = 1e-12  # per unit of link cost: breaks min_kld ties towards cheap links, nothing else
-OBJECTIVES = ("max_accuracy", "min_cost")
 
 
 class PolicyError(ValueError):
