@@ -25,6 +25,7 @@ from hfl_helpers import (
     pki_context,
     playbook,
     service_pids,
+    stop_group,
     stop_processes_under,
     triggered,
 )
@@ -110,13 +111,8 @@ class Pipeline:
         raise AssertionError(f"the GA did not complete {n} global rounds in {deadline_s} s")
 
     def close(self):
-        if self.orchestrator is not None and self.orchestrator.poll() is None:
-            os.killpg(self.orchestrator.pid, signal.SIGTERM)
-            try:
-                self.orchestrator.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.orchestrator.pid, signal.SIGKILL)
-                self.orchestrator.wait()
+        if self.orchestrator is not None:
+            stop_group(self.orchestrator)  # ansible-playbook's workers outlive its SIGTERM
         playbook("reset.yml", self.inventory)
         stop_processes_under(self.tmp)
 
