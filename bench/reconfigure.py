@@ -66,6 +66,22 @@ PROFILE_ENV = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
                "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"}
 
 
+def fleet_host_vars(fleet: Fleet, tmp: Path, name: str) -> dict:
+    """A fleet host's connection vars, its address to bind and its own state folder."""
+    host = next(h for h in fleet.hosts if h.name == name)
+    return {**fleet.connection_vars(host), "hfl_bind_host": host.address,
+            "hfl_host_state_dir": str(tmp / "hosts" / name)}
+
+
+def on_fleet(fleet: Fleet, tmp: Path, tiers: dict, cluster_vars: dict) -> None:
+    """Edit a local inventory (local_inventory's edit) so that each host is the fleet host of
+    its name, reached over SSH."""
+    del cluster_vars["ansible_connection"], cluster_vars["ansible_python_interpreter"]
+    for hosts in tiers.values():
+        for name, host_vars in hosts.items():
+            host_vars.update(fleet_host_vars(fleet, tmp, name))
+
+
 class Running:
     """A placed pipeline in `tmp` with the orchestrator attached; on `fleet`'s hosts over SSH
     when one is given, else every host this machine."""
@@ -79,21 +95,12 @@ class Running:
         def edit(tiers, cluster_vars):
             reference(tiers, cluster_vars)
             if fleet:
-                del cluster_vars["ansible_connection"], cluster_vars["ansible_python_interpreter"]
-                for hosts in tiers.values():
-                    for name, host_vars in hosts.items():
-                        host_vars.update(self.ssh_vars(name))
+                on_fleet(fleet, tmp, tiers, cluster_vars)
 
         self.inventory = local_inventory(tmp, edit)
         self.state = tmp / "controller" / PIPELINE
         self.orchestrator = None
         self.log = None
-
-    def ssh_vars(self, name):
-        """A fleet host's connection vars, its address to bind and its own state folder."""
-        host = next(h for h in self.fleet.hosts if h.name == name)
-        return {**self.fleet.connection_vars(host), "hfl_bind_host": host.address,
-                "hfl_host_state_dir": str(self.tmp / "hosts" / name)}
 
     def __enter__(self):
         try:
@@ -166,7 +173,8 @@ def measure_join(p: Running) -> float:
     doc = yaml.safe_load(hosts_yml(p).read_text())
     doc["hfl_cluster"]["children"]["edge"]["hosts"][JOINING] = {
         "hfl_role": "client", "hfl_port": free_ports(1)[0],
-        "hfl_link_cost": {"la1": 20, "la2": 60}, **(p.ssh_vars(JOINING) if p.fleet else {})}
+        "hfl_link_cost": {"la1": 20, "la2": 60},
+        **(fleet_host_vars(p.fleet, p.tmp, JOINING) if p.fleet else {})}
     began = time.time()
     hosts_yml(p).write_text(yaml.safe_dump(doc, sort_keys=False))
     # Under whichever LA the orchestrator picks (its policy weighs more than link cost).
