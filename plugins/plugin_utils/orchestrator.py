@@ -123,6 +123,12 @@ class Bound(LastRound):
 Decision = NoChange | Keep | Reassign | Stop | StopAt | Bound
 
 
+def last_round_bought(rnd: int, remaining: float, per_round: float) -> int:
+    """The last global round `remaining` budget pays for after round `rnd`, rounds costing
+    `per_round` each (never before `rnd`)."""
+    return rnd + max(0, math.floor(remaining / per_round))
+
+
 @dataclass
 class Settings:
     config_model: str = "min_comm_cost"
@@ -289,7 +295,7 @@ class Orchestrator:
         if s.budget is None or not per_round:
             return self._unbound()
         remaining = s.budget - self.ledger.total
-        last = rnd + max(0, math.floor(remaining / per_round))
+        last = last_round_bought(rnd, remaining, per_round)
         if last <= rnd:
             return StopAt(rnd, f"budget spent: {self.ledger.total:.4g} of "
                           f"{s.budget:.4g}, a round costs {per_round:.4g}")
@@ -317,7 +323,7 @@ class Orchestrator:
         change = cost.change_cost(self.assignment, d.assignment, self._weights,
                                   self.exchange_mb, self._fleet.ga)
         remaining = s.budget - self.ledger.total - change
-        last = max(rnd, rnd + math.floor(remaining / price))
+        last = last_round_bought(rnd, remaining, price)
         if last >= sent:
             return None
         return Bound(last, f"the GA stops after global round {last} under the new plan: "
