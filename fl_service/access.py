@@ -7,7 +7,8 @@ such a caller only ever reaches GET /status). Then:
   certificate of the pipeline sees the whole document and /metrics.
 - The FL protocol (join, task, update, leave) is for children: the certificate's role (OU) must
   be one that may be a child of this aggregator, and the name a request speaks for must be the
-  certificate's name (CN). Names are no longer believed as sent.
+  certificate's name (CN), or one of the virtual clients of a pool (`<CN>-<n>`) that the CA
+  listed as the certificate's DNS names. Names are no longer believed as sent.
 - POST /control is for the controller's certificate (CN `controller_name`, OU controller) and
   the service's own (whoever holds its key already is the service).
 With TLS off (plain HTTP, `hfl_insecure`) nothing is checked: anyone who reaches the port may
@@ -50,13 +51,14 @@ class Access:
         if peer.role not in self.child_roles:
             return (f"certificate {peer.name!r} is of role {peer.role!r}; a {self.role}'s "
                     f"children are of role {' or '.join(self.child_roles) or 'none'}")
-        if name != peer.name:
+        if name != peer.name and name not in peer.members:
             return f"certificate {peer.name!r} may not speak for {name!r}"
         return None
 
     def control(self, peer: Peer | None) -> str | None:
         """Why `peer` may not POST /control; None if it may."""
-        if not self.enforced or peer == self.controller or (peer and peer.name == self.name):
+        if not self.enforced or (peer and ((peer.name, peer.role) == self.controller[:2]
+                                           or peer.name == self.name)):
             return None
         who = "no certificate" if peer is None else f"certificate {peer.name!r} ({peer.role})"
         return (f"only the controller ({self.controller.name}) or {self.name} itself may "

@@ -76,6 +76,9 @@ class Peer(NamedTuple):
 
     name: str  # CN: the service's name ("" when the subject has none or several)
     role: str  # OU: its role as the inventory spells it, or "controller"
+    # A pool's virtual clients (`<CN>-<n>`), which the CA listed as DNS names of its certificate
+    # because the pool speaks for them.
+    members: frozenset[str] = frozenset()
 
 
 Route = Callable[[dict[str, str], bytes, Peer | None], Reply]
@@ -94,7 +97,15 @@ def peer_identity(certificate: Mapping[str, Any] | None) -> Peer | None:
         values = fields.get(key, [])
         return values[0] if len(values) == 1 else ""
 
-    return Peer(one("commonName"), one("organizationalUnitName"))
+    name = one("commonName")
+    members = frozenset(value for kind, value in certificate.get("subjectAltName", ())
+                        if kind == "DNS" and _is_member(name, value))
+    return Peer(name, one("organizationalUnitName"), members)
+
+
+def _is_member(pool: str, name: str) -> bool:
+    prefix = f"{pool}-"
+    return bool(pool) and name.startswith(prefix) and name[len(prefix):].isdigit()
 
 
 def load_identity(context: ssl.SSLContext, cert: str, key: str, ca: str) -> ssl.SSLContext:

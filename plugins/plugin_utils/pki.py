@@ -69,6 +69,8 @@ def subjects(plan, controller_name):
             zone = f"{dns_name(s['name'])}.{namespace(plan['pipeline'])}"
             sans += [f"DNS:{dns_name(s['name'])}", f"DNS:{zone}", f"DNS:{zone}.svc",
                      f"DNS:{zone}.svc.cluster.local"]
+        # A pool speaks for its virtual clients (fl_service takes `<pool>-<n>` names from here).
+        sans += [f"DNS:{member}" for member in s.get("virtual_clients") or ()]
         out.append(Subject(name=s["name"], base=f"services/{s['name']}", ou=s["role"],
                            sans=tuple(dict.fromkeys(sans)), usages=(SERVER_AUTH, CLIENT_AUTH)))
     out.append(Subject(name=controller_name, base="controller", ou=CONTROLLER_OU,

@@ -16,6 +16,7 @@ from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import 
     CONTROLLER_CN,
     GA,
     LA,
+    Service,
     TopologyError,
 )
 
@@ -27,10 +28,14 @@ TLS_FILES = {"tls_cert": "service.crt", "tls_key": "service.key", "tls_ca": "ca.
 
 
 def config_digest(config, app_digest=""):
-    """sha256 of the config without ``parent``: a parent change is a reload, not a restart.
-    ``app_digest`` (the Flower app folder's content) is part of it when the service runs an
-    app, so an edited app restarts its services; without one the digest is the config's alone."""
+    """sha256 of the config without ``parent`` (nor a pool's virtual clients' parents): a
+    parent change is a reload, not a restart. ``app_digest`` (the Flower app folder's content)
+    is part of it when the service runs an app, so an edited app restarts its services; without
+    one the digest is the config's alone."""
     body = {k: v for k, v in config.items() if k != "parent"}
+    if "virtual_clients" in body:
+        body["virtual_clients"] = [{k: v for k, v in m.items() if k != "parent"}
+                                   for m in body["virtual_clients"]]
     if app_digest:
         body = {"config": body, "app_digest": app_digest}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -216,6 +221,24 @@ def _config(topology, service, parent, app=None):
     return cfg
 
 
+def _pool_config(topology, members, chosen, app):
+    """One pool's config: the client config of its host, and per virtual client its name,
+    partition and parent (fl_service runs them all in one process)."""
+    first = members[0]
+    host = Service(**{**first.__dict__, "name": first.pool, "pool": None, "partition": None})
+    config = _config(topology, host, None, app)
+    config.pop("partition_id")
+    config.pop("label_slices", None)
+    config["virtual_clients"] = []
+    for m in members:
+        entry = {"name": m.name, "partition_id": m.partition_id,
+                 "parent": parent_address(topology.service(chosen[m.name]))}
+        if m.partition:
+            entry["label_slices"] = label_slices(topology, m)
+        config["virtual_clients"].append(entry)
+    return host, config
+
+
 def hosts_to_place(running, planned):
     """The hosts of ``planned`` whose services would be placed differently than in the
     ``running`` plan: a service new to it, on another host, or with another config or digest
@@ -229,6 +252,37 @@ def hosts_to_place(running, planned):
     return sorted(hosts)
 
 
+def _pool_entry(topology, members, chosen, app, app_digest):
+    """The plan entry of a pool: one client process on its host; ``virtual_clients`` maps each
+    of its clients to its parent and that link's cost (the child ends of those links)."""
+    host, config = _pool_config(topology, members, chosen, app)
+    return {
+        "name": host.name,
+        "host": host.name,
+        "role": CLIENT,
+        "tier": host.tier,
+        "parent": None,
+        "address": host.address,
+        "port": host.port,
+        "url": service_url(topology, host),
+        "link_cost": None,
+        "resources": dict(host.resources),
+        "dir": service_dir(topology, host),
+        "config": config,
+        "digest": config_digest(config, app_digest),
+        "virtual_clients": {m.name: {"parent": chosen[m.name], "link_cost": _client_cost(
+            m, chosen[m.name])} for m in members},
+    }
+
+
+def _client_cost(client, parent):
+    """The cost of client -> parent; None for a parent outside its cost map (the orchestrator
+    may move a client there)."""
+    if isinstance(client.link_cost, dict):
+        return client.link_cost.get(parent)
+    return client.link_cost
+
+
 def make_plan(topology, assignment=None, app=None):
     """The plan dict for ``topology``; ``assignment`` (client -> parent name) overrides the
     inventory's choice for the clients it names (the orchestrator's re-placement). ``app`` is
@@ -240,7 +294,13 @@ def make_plan(topology, assignment=None, app=None):
         _check_assignment(topology, assignment, merged)
         chosen = merged
     services = []
+    app_digest = app.digest if app is not None else ""
+    pools = topology.pools
     for s in topology.services:
+        if s.pool:
+            if s is pools[s.pool][0]:  # the pool's one process, where its first client was
+                services.append(_pool_entry(topology, pools[s.pool], chosen, app, app_digest))
+            continue
         if s.role == GA:
             parent, cost = None, 0
         elif s.role == LA:
@@ -248,11 +308,8 @@ def make_plan(topology, assignment=None, app=None):
             cost = topology.link_cost(s.name, parent.name)
         else:
             parent = topology.service(chosen[s.name])
-            # A client the orchestrator moves outside its cost map has no known cost (None).
-            cost = (s.link_cost.get(parent.name) if isinstance(s.link_cost, dict)
-                    else s.link_cost)
+            cost = _client_cost(s, parent.name)
         config = _config(topology, s, parent, app)
-        app_digest = app.digest if app is not None else ""
         services.append({
             "name": s.name,
             "host": s.host,

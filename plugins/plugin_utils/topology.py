@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 CLUSTER_GROUP = "hfl_cluster"
@@ -47,9 +48,12 @@ CONTROLLER_CN = "hfl-controller"  # fl_pki's and fl_service's default controller
 SERVICE_VARS = (
     "hfl_role", "hfl_parent", "hfl_link_cost", "hfl_port", "hfl_bind_host", "hfl_address",
     "hfl_partition_id", "hfl_partition", "hfl_resources", "hfl_capacity", "hfl_allow_any_tier",
-    "hfl_host_state_dir", "hfl_threads", "hfl_device", "hfl_supervisor", "ansible_host",
-    "ansible_connection",
+    "hfl_host_state_dir", "hfl_threads", "hfl_device", "hfl_supervisor", "hfl_virtual_clients",
+    "ansible_host", "ansible_connection",
 )
+# Most virtual clients one client host may run (hfl_virtual_clients): a bound on typos, far
+# above what one machine trains.
+MAX_VIRTUAL_CLIENTS = 10000
 
 
 # What runs a process-runtime service (module fl_process's supervisor): auto picks systemd where
@@ -132,10 +136,12 @@ class Service:
     resources: dict = field(default_factory=dict)
     threads: int | None = None
     device: str = ""
+    # A virtual client: the inventory host whose one process (the pool) runs it, else None.
+    pool: str | None = None
 
     @property
     def host(self):
-        return self.name
+        return self.pool or self.name
 
 
 @dataclass(frozen=True)
@@ -156,14 +162,24 @@ class Topology:
         return [s for s in self.services if s.role == CLIENT]
 
     @property
+    def pools(self):
+        """Client hosts with hfl_virtual_clients -> their virtual clients, in name order."""
+        out = {}
+        for s in self.clients:
+            if s.pool:
+                out.setdefault(s.pool, []).append(s)
+        return out
+
+    @property
     def num_partitions(self):
         return self.pipeline.num_partitions or len(self.clients)
 
+    @cached_property
+    def _by_name(self):
+        return {s.name: s for s in self.services}
+
     def service(self, name):
-        for s in self.services:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        return self._by_name[name]
 
     def candidates(self, client):
         """Parents a client may be placed under: its cost map's keys, else every LA (or the GA
@@ -451,6 +467,48 @@ def _service(name, vars_, tier, errors):
     )
 
 
+def virtual_client_name(host, index):
+    """The name of ``host``'s virtual client number ``index`` (0-based)."""
+    return f"{host}-{index}"
+
+
+def _virtual_clients(service, vars_, errors):
+    """``service`` as the services it stands for: itself, or the virtual clients its
+    ``hfl_virtual_clients`` asks for (each a client of its own: name, partition, parent, link
+    counters; they share the host, its port and its pinned parent and link costs)."""
+    n = vars_.get("hfl_virtual_clients")
+    if n is None:
+        return [service]
+    where = f"host {service.name}: hfl_virtual_clients"
+    if service.role != CLIENT:
+        errors.append(f"{where}: only a client host runs virtual clients (this host is a "
+                      f"{service.role})")
+        return [service]
+    if not _is_int(n) or not 1 <= n <= MAX_VIRTUAL_CLIENTS:
+        errors.append(f"{where}: must be an integer in 1..{MAX_VIRTUAL_CLIENTS}, got {n!r}")
+        return [service]
+    if service.partition_id is not None:
+        errors.append(f"host {service.name}: hfl_partition_id: a host with hfl_virtual_clients "
+                      f"cannot pin one partition (its virtual clients take the lowest free ids)")
+    return [Service(**{**service.__dict__, "name": virtual_client_name(service.name, i),
+                       "pool": service.name, "partition_id": None}) for i in range(n)]
+
+
+def _check_names(services, hosts, errors):
+    """A virtual client's name may not be another host's or service's."""
+    seen = {}
+    for s in services:
+        if s.pool is None:
+            continue
+        if s.name in hosts:
+            errors.append(f"host {s.pool}: hfl_virtual_clients: its virtual client {s.name!r} "
+                          f"has the name of inventory host {s.name!r}")
+        elif s.name in seen:
+            errors.append(f"host {s.pool}: hfl_virtual_clients: its virtual client {s.name!r} "
+                          f"is also host {seen[s.name]}'s")
+        seen.setdefault(s.name, s.pool)
+
+
 def _partition_problem(value, role):
     """What is wrong with an hfl_partition value, or None."""
     if role != CLIENT:
@@ -474,7 +532,7 @@ def _check_parents(services, pipeline_of, errors):
     ga = [s.name for s in services if s.role == GA]
     for s in services:
         if s.parent is not None and s.role != CLIENT:
-            errors.append(f"host {s.name}: hfl_parent: only clients have a parent "
+            errors.append(f"host {s.host}: hfl_parent: only clients have a parent "
                           f"(this host is a {s.role})")
         elif s.role == CLIENT and s.parent is not None and s.parent not in las:
             other = pipeline_of.get(s.parent)
@@ -483,7 +541,7 @@ def _check_parents(services, pipeline_of, errors):
                         else "is not a host of the inventory")
             else:
                 what = f"belongs to pipeline {other!r}"
-            errors.append(f"host {s.name}: hfl_parent: {s.parent!r} {what}; it must name a "
+            errors.append(f"host {s.host}: hfl_parent: {s.parent!r} {what}; it must name a "
                           f"local_aggregator of this pipeline")
         if isinstance(s.link_cost, dict) and s.role != GA:
             allowed = las if s.role == CLIENT else set(ga)
@@ -491,13 +549,13 @@ def _check_parents(services, pipeline_of, errors):
                 allowed = set(ga)
             for parent in s.link_cost:
                 if parent not in allowed:
-                    errors.append(f"host {s.name}: hfl_link_cost: {parent!r} is not a possible "
+                    errors.append(f"host {s.host}: hfl_link_cost: {parent!r} is not a possible "
                                   f"parent (one of: {', '.join(sorted(allowed))})")
             if s.role == LA and ga and ga[0] not in s.link_cost:
-                errors.append(f"host {s.name}: hfl_link_cost: has no cost for the "
+                errors.append(f"host {s.host}: hfl_link_cost: has no cost for the "
                               f"global_aggregator {ga[0]!r}")
             if s.parent is not None and s.parent in las and s.parent not in s.link_cost:
-                errors.append(f"host {s.name}: hfl_link_cost: has no cost for its hfl_parent "
+                errors.append(f"host {s.host}: hfl_link_cost: has no cost for its hfl_parent "
                               f"{s.parent!r}")
 
 
@@ -540,11 +598,11 @@ def _check_partitions(services, pipeline, errors):
         for cls in (c.partition or {}).get("classes", []):
             asked[cls] = asked.get(cls, 0) + c.partition["per_class"]
             if size is not None and asked[cls] > size:
-                errors.append(f"host {c.name}: hfl_partition: class {cls} has {size} training "
+                errors.append(f"host {c.host}: hfl_partition: class {cls} has {size} training "
                               f"examples in {pipeline.dataset}; the clients' hfl_partition ask "
                               f"{asked[cls]} of it")
     if pipeline.num_partitions is not None and len(clients) > pipeline.num_partitions:
-        errors.append(f"host {clients[0].name}: hfl_num_partitions: {pipeline.num_partitions} "
+        errors.append(f"host {clients[0].host}: hfl_num_partitions: {pipeline.num_partitions} "
                       f"is fewer than the {len(clients)} clients")
 
 
@@ -620,7 +678,7 @@ def build(hosts, groups, pipeline=None):
         if len(tiers) == 1 and tier != ROLE_TIER[role] and not vars_.get("hfl_allow_any_tier"):
             errors.append(f"host {name}: hfl_role: a {role} belongs on tier {ROLE_TIER[role]}, "
                           f"not {tier} (set hfl_allow_any_tier: true to allow it)")
-        services.append(_service(name, vars_, tier, errors))
+        services.extend(_virtual_clients(_service(name, vars_, tier, errors), vars_, errors))
 
     gas = [s.name for s in services if s.role == GA]
     if len(gas) != 1:
@@ -631,12 +689,16 @@ def build(hosts, groups, pipeline=None):
     settings = _pipeline(hosts[source], source, errors)
     if not any(s.role == CLIENT for s in services):
         errors.append(f"pipeline {pipeline}: hfl_role: needs at least one client")
+    _check_names(services, hosts, errors)
     _check_parents(services, pipeline_of, errors)
     _check_capacity(services, errors)
     _check_partitions(services, settings, errors)
     _check_ports({h: hosts[h] for h in members}, errors)
     if errors:
-        raise TopologyError(errors)
+        # A pool host's mistake is its every virtual client's: said once.
+        raise TopologyError(list(dict.fromkeys(errors)))
     order = {GA: 0, LA: 1, CLIENT: 2}
-    services = sorted(_assign_partitions(services, settings), key=lambda s: (order[s.role], s.name))
+    # A pool's virtual clients stay together, in number order.
+    services = sorted(_assign_partitions(services, settings), key=lambda s: (
+        order[s.role], s.host, int(s.name.rsplit("-", 1)[1]) if s.pool else -1))
     return Topology(pipeline=settings, services=tuple(services))

@@ -37,6 +37,10 @@ CONTROLLER = Peer("hfl-controller", "controller")
     ("global_aggregator", CLIENT_C1, "c1", None),  # flat FL
     ("global_aggregator", Peer("ga", "global_aggregator"), "ga", "children are of role"),
     ("client", CLIENT_C2, "c2", "children are of role none"),
+    # A pool speaks for the virtual clients its certificate lists, and for no one else.
+    ("local_aggregator", Peer("c1", "client", frozenset({"c1-0", "c1-1"})), "c1-1", None),
+    ("local_aggregator", Peer("c1", "client", frozenset({"c1-0"})), "c1-1",
+     "certificate 'c1' may not speak for 'c1-1'"),
 ])
 def test_only_a_child_role_speaking_for_its_own_name_is_a_child(role, peer, name, refused):
     reason = Access({**LA_CFG, "role": role}).child(peer, name)
@@ -72,9 +76,17 @@ def test_the_peer_is_the_subject_cn_and_ou():
     assert peer_identity(None) is None
 
 
+def test_a_pools_certificate_names_its_virtual_clients_and_nothing_else():
+    subject = ((("organizationalUnitName", "client"),), (("commonName", "c1"),))
+    sans = (("DNS", "c1"), ("DNS", "c1-0"), ("DNS", "c1-12"), ("DNS", "c2-0"), ("DNS", "c1-x"),
+            ("IP Address", "127.0.0.1"))
+    peer = peer_identity({"subject": subject, "subjectAltName": sans})
+    assert peer == Peer("c1", "client", frozenset({"c1-0", "c1-12"}))
+
+
 # ------------------------------------------------------------ the port
 def whoami(query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
-    return Reply(200, json.dumps(peer).encode())
+    return Reply(200, json.dumps(peer and [peer.name, peer.role]).encode())
 
 
 @pytest.fixture

@@ -131,3 +131,12 @@ def test_the_ca_certificate_must_be_the_ca_keys(made):
     (folder / "ca.crt").write_bytes(pem(make_ca()[1]))
     assert pki.check(str(folder), plan(), "hfl-controller")["ca"] == (
         "ca.crt: not the certificate of its key")
+
+
+def test_a_pools_certificate_lists_its_virtual_clients():
+    pools = plan()
+    pools["services"][2]["virtual_clients"] = {"c1-0": {"parent": "la1"},
+                                               "c1-1": {"parent": "la1"}}
+    subjects = {s.name: s for s in pki.subjects(pools, "ctl")}
+    assert subjects["c1"].sans == ("DNS:c1", "IP:127.0.0.1", "DNS:c1-0", "DNS:c1-1")
+    assert subjects["la1"].sans == ("DNS:la1", "IP:127.0.0.1")
