@@ -59,6 +59,19 @@ def tls_options(ca=None, client_cert=None, client_key=None):
     return {key: value for key, value in given.items() if value} or None
 
 
+def virtual_client_statuses(pool, doc, clients):
+    """{client: status} of a pool's virtual ``clients``, from the pool's /status ``doc``: each
+    as the pool lists it (reachable), or not reachable with why."""
+    if not doc.get("reachable"):
+        return {c: {"reachable": False, "error": f"its pool {pool}: {doc.get('error')}",
+                    "timed_out": bool(doc.get("timed_out"))} for c in clients}
+    listed = doc.get("virtual_clients") or {}
+    return {c: ({**listed[c], "reachable": True} if isinstance(listed.get(c), dict) else
+                {"reachable": False, "error": f"not among the virtual clients its pool {pool} "
+                                              f"runs", "timed_out": False})
+            for c in clients}
+
+
 class WaitFailed(Exception):
     """The wait cannot succeed; the message names the service and gives the cause."""
 
@@ -89,6 +102,10 @@ class Watch:
     - a service's URL is answered by another service: its /status must name the service, the
       ``pipeline`` (if given) and the pid placement started (``pids``: name -> pid, if given),
       else another process holds its port (the service itself then cannot bind it).
+
+    A pool (a service with ``virtual_clients``: {client: {parent}}, the plan's entry) is waited
+    for as itself and as each of its virtual clients, read from its /status: every one is a
+    child judged against its own parent.
     """
 
     def __init__(self, services, fetch_timeout=3.0, probe=None, fetch=fetch_all,
@@ -102,6 +119,18 @@ class Watch:
         self.url = {s["name"]: s["url"] for s in services}
         self.names = [s["name"] for s in services]
         self.parent = {s["name"]: s.get("parent") for s in services}
+        self.pools = {s["name"]: sorted(s["virtual_clients"]) for s in services
+                      if s.get("virtual_clients")}
+        self.parent_pool = {}  # virtual client -> its pool
+        for s in services:
+            for client, where in (s.get("virtual_clients") or {}).items():
+                self.parent_pool[client] = s["name"]
+                self.parent[client] = where["parent"]
+                self.url[client] = s["url"]
+                self.logs[client] = s.get("log")
+                self.names.append(client)
+                if s.get("wait", True) is not False:
+                    self.waited.append(client)
         self.fetch_timeout = fetch_timeout
         self.probe = probe
         self._fetch = fetch
@@ -114,6 +143,8 @@ class Watch:
         began = self.clock()
         statuses = self._fetch(self.services, self.fetch_timeout)
         ended = self.clock()
+        for pool, clients in self.pools.items():
+            statuses.update(virtual_client_statuses(pool, statuses[pool], clients))
         for name, doc in statuses.items():
             impostor = doc.get("reachable") and self.impostor(name, doc)
             if impostor:
@@ -175,8 +206,9 @@ class Watch:
         failures += [self.statuses[n]["error"] for n in self.waited
                      if self.statuses[n].get("impostor")]
         down = [n for n in self.waited if not self.statuses[n].get("reachable")]
-        if self.probe and down:
-            failures += [msg for name, msg in sorted(self.probe(down).items())]
+        probed = [n for n in down if n not in self.parent_pool]
+        if self.probe and probed:
+            failures += [msg for name, msg in sorted(self.probe(probed).items())]
         if until == "finished":
             for root in self.roots():
                 if self.gone(root):
@@ -208,7 +240,7 @@ class Watch:
         return f"; the end of its log {path}:\n" + "\n".join(tail)
 
     def roots(self):
-        return [n for n in self.waited if not self.parent[n]]
+        return [n for n in self.waited if not self.parent[n] and n not in self.pools]
 
     def pending(self, until):
         """One line per service that keeps the wait going (for the timeout message)."""

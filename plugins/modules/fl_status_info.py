@@ -76,6 +76,12 @@ options:
       log:
         description: Its log file on the host the module runs on, for the failure message.
         type: path
+      virtual_clients:
+        description:
+          - A pool's virtual clients (the plan's C(virtual_clients)), each to a dict with its
+            C(parent) (service name). O(wait_for) waits for each as for a service of its own,
+            read from the pool's C(/status), and judges it against its own parent.
+        type: dict
       wait:
         description:
           - C(false) lists it only so that its children can be judged (a parent on another host,
@@ -278,6 +284,7 @@ def run_module():
                 parent=dict(type="str"),
                 started=dict(type="bool", default=False),
                 log=dict(type="path"),
+                virtual_clients=dict(type="dict"),
                 wait=dict(type="bool", default=True),
             )),
             timeout=dict(type="float", default=3.0),

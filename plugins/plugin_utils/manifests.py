@@ -103,9 +103,16 @@ def cluster_config(service, services_by_name):
     its certificate, key and CA are the files of its TLS Secret.
     """
     config = dict(service["config"])
-    parent = service.get("parent")
-    if parent is not None:
-        config["parent"] = f"{dns_name(parent)}:{services_by_name[parent]['port']}"
+
+    def in_cluster(parent):
+        return f"{dns_name(parent)}:{services_by_name[parent]['port']}"
+
+    if service.get("parent") is not None:
+        config["parent"] = in_cluster(service["parent"])
+    if service.get("virtual_clients"):  # a pool: each of its virtual clients' parents
+        config["virtual_clients"] = [
+            {**entry, "parent": in_cluster(service["virtual_clients"][entry["name"]]["parent"])}
+            for entry in config["virtual_clients"]]
     config.update(bind_host="0.0.0.0", state_dir=STATE_DIR, data_dir=DATA_DIR)
     if config.get("app_dir"):
         config["app_dir"] = APP_DIR
@@ -566,15 +573,22 @@ def stale(objects, text):
 
 
 def clients_not_joined(plan, statuses):
-    """The plan's clients whose parent's /status (``statuses``: name -> document, as
-    fl_status_info returns them) does not list them among its children, in plan order; none
-    once the global aggregator reports ``finished`` (a parent forgets a child that missed a
-    round, and after the last round no child comes back). On podman and k3s a client publishes
-    no port, so its join is read at its parent."""
+    """The plan's clients (a pool's: its virtual clients) whose parent's /status (``statuses``:
+    name -> document, as fl_status_info returns them) does not list them among its children, in
+    plan order; none once the global aggregator reports ``finished`` (a parent forgets a child
+    that missed a round, and after the last round no child comes back). On podman and k3s a
+    client publishes no port, so its join is read at its parent."""
     ga = next(s["name"] for s in plan["services"] if s["role"] == "global_aggregator")
     if (statuses.get(ga) or {}).get("state") == "finished":
         return []
     joined = {name: set(doc.get("children") or ()) for name, doc in statuses.items()
               if doc.get("reachable")}
-    return [s["name"] for s in placed_services(plan)
-            if s["role"] == "client" and s["name"] not in joined.get(s["parent"], ())]
+    out = []
+    for s in placed_services(plan):
+        if s["role"] != "client":
+            continue
+        # A pool's virtual clients join on their own, each to its parent.
+        children = ({c: v["parent"] for c, v in s["virtual_clients"].items()}
+                    if s.get("virtual_clients") else {s["name"]: s["parent"]})
+        out += [c for c, parent in children.items() if c not in joined.get(parent, ())]
+    return out

@@ -141,6 +141,45 @@ def test_a_child_still_on_its_old_parent_is_not_judged_against_the_new_one():
     assert w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)["la1"]["parent"] == "ga:8080"
 
 
+POOL = [*SERVICES, {"name": "c1", "url": "u-c1", "parent": None,
+                    "virtual_clients": {"c1-0": {"parent": "la1"}, "c1-1": {"parent": "ga"}}}]
+
+
+def pool(**clients):
+    return {**UP, "virtual_clients": {name: {"name": name, "pipeline": "p", **doc}
+                                      for name, doc in clients.items()}}
+
+
+def test_a_pools_virtual_clients_are_each_judged_against_their_own_parent():
+    err = "la1:8081: [Errno 111] Connection refused"
+    joined = {"state": "waiting", "parent": "ga:8080", "parent_error": None}
+    w, s = watch([
+        {"ga": UP, "la1": la(), "c1": pool(**{"c1-1": joined})},  # c1-0 not listed yet
+        {"ga": UP, "la1": la(), "c1": pool(**{"c1-0": {**joined, "parent": "la1:8081"},
+                                              "c1-1": joined})},
+    ], services=POOL)
+    statuses = w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+    assert statuses["c1-0"]["parent"] == "la1:8081" and statuses["c1-1"]["reachable"]
+    failing = {"ga": UP, "la1": la(), "c1": pool(**{
+        "c1-0": {"parent": "la1:8081", "parent_error": err, "parent_error_age_s": 0.1},
+        "c1-1": joined})}
+    w, s = watch([failing, failing], services=POOL)  # the second attempt began after la1 answered
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=60, poll_s=2, sleep=s.sleep)
+    assert str(failed.value) == ("c1-0: cannot reach its parent la1 at la1:8081, which answers "
+                                 f"/status: {err}")
+
+
+def test_a_pool_that_does_not_answer_leaves_its_virtual_clients_waiting_and_is_no_root():
+    w, s = watch([{"ga": {**UP, "state": "finished"}, "la1": la(), "c1": REFUSED}],
+                 services=POOL)
+    assert w.roots() == ["ga"]
+    with pytest.raises(WaitFailed) as failed:
+        w.wait("reachable", timeout=1, poll_s=2, sleep=s.sleep)
+    assert "c1-0: not answering /status: its pool c1: [Errno 111] Connection refused" in str(
+        failed.value)
+
+
 def test_no_parent_error_without_the_parent_answering():
     w, s = watch([{"ga": REFUSED, "la1": la("ga:8080: refused", 0.1)}] * 3)
     with pytest.raises(WaitFailed) as failed:

@@ -141,6 +141,23 @@ def test_hfl_children_reach_parents_by_service_name():
         assert services[host]["spec"]["selector"]["app.kubernetes.io/instance"] == host
 
 
+def test_hfl_a_pools_virtual_clients_reach_their_parents_by_service_name():
+    hosts, groups = local_hfl(c1={"hfl_virtual_clients": 3}, c3={"hfl_virtual_clients": 2})
+    for vars_ in hosts.values():
+        vars_["hfl_runtime"] = "k3s"
+    p = plan.make_plan(topology.build(hosts, groups), {"c1-2": "la2"})
+    objs = docs(render(p))
+    configs = {c["name"]: c for c in (yaml.safe_load(cm["data"]["config.yaml"])
+                                      for cm in by_kind(objs, "ConfigMap").values())}
+    assert [(v["name"], v["parent"]) for v in configs["c1"]["virtual_clients"]] == [
+        ("c1-0", "la1:8081"), ("c1-1", "la1:8081"), ("c1-2", "la2:8082")]
+    assert "c1-0" not in configs  # one pod per pool
+    joined = {"ga": {"reachable": True, "children": ["la1", "la2"]},
+              "la1": {"reachable": True, "children": ["c1-0", "c2"]},
+              "la2": {"reachable": True, "children": ["c1-2", "c3-0", "c3-1", "c4"]}}
+    assert manifests.clients_not_joined(p, joined) == ["c1-1"]
+
+
 def test_hfl_same_plan_same_bytes_whatever_the_runtime():
     p = plan.make_plan(topology.build(*local_hfl()))
     text = render(p)
