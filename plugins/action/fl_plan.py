@@ -172,7 +172,8 @@ class ActionModule(ActionBase):
             the_plan = plan.make_plan(topo, assignment, app)
             # Left-out clients keep their spec (the orchestrator stops them through it on the
             # process runtime); podman and k3s render none of them.
-            clients = {c.name for c in topo.clients}
+            # Left out by host: a client, or a pool (all its virtual clients together).
+            clients = {s["name"] for s in the_plan["services"] if s["role"] == topology.CLIENT}
             if set(left_out) & clients:
                 the_plan["left_out"] = sorted(set(left_out) & clients)
             the_plan["connections"] = {

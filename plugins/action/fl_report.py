@@ -40,7 +40,7 @@ class ActionModule(ActionBase):
         p = topo.pipeline
         folder = Path(args["pipeline_dir"] or
                       os.path.join(os.path.expanduser(p.state_dir), p.name))
-        results = {f.stem: report.load_jsonl(f) for f in sorted(folder.glob("results/*.jsonl"))}
+        results = report.load_results(folder / "results")
         events = report.load_jsonl(folder / "events.jsonl")
         page = report.render(p.name, results, events, fleet_of(topo).cost, p.budget)
         dest = Path(args["dest"] or folder / "report.html")

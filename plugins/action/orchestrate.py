@@ -34,6 +34,7 @@ from ansible.vars.manager import VariableManager
 from ansible_collections.hfl.orchestration.plugins.module_utils.fl_status import (
     fetch_all,
     tls_options,
+    virtual_client_statuses,
 )
 from ansible_collections.hfl.orchestration.plugins.plugin_utils import (
     flower_app,
@@ -158,7 +159,10 @@ class ActionModule(ActionBase):
         return fleet_of(self._topo)
 
     def _url(self, name, path):
-        return plan.service_url(self._topo, self._topo.service(name)) + path
+        """A service's URL (a virtual client's is its pool's), or a pool host's."""
+        pools = self._topo.pools
+        service = pools[name][0] if name in pools else self._topo.service(name)
+        return plan.service_url(self._topo, service) + path
 
     def _tls(self, ca_option="ca"):
         """The GA's credentials on the GA's host (where this runs) as module options
@@ -180,12 +184,18 @@ class ActionModule(ActionBase):
         return tls_options(**tls)
 
     def _observe(self, names):
-        known = {s.name for s in self._topo.services}
+        known = {s.name: s for s in self._topo.services}
         # Clients in pods have no port the controller reaches: their parents answer for them.
         in_pods = ({c.name for c in self._topo.clients} & set(names)
                    if self._topo.pipeline.runtime != "process" else set())
-        services = [{"name": n, "url": self._url(n, "/status")} for n in names
-                    if n in known and n not in in_pods]
+        asked = [known[n] for n in names if n in known and n not in in_pods]
+        # A pool's /status holds all its virtual clients': read once for them all.
+        pools = {}
+        for s in asked:
+            if s.pool:
+                pools.setdefault(s.pool, []).append(s.name)
+        services = [{"name": s.host, "url": self._url(s.host, "/status")}
+                    for s in asked if not s.pool or pools[s.pool][0] == s.name]
         if self._in_process():
             statuses = fetch_all(services, self._args["status_timeout"], self._local_tls())
         else:
@@ -197,6 +207,8 @@ class ActionModule(ActionBase):
             if out.get("failed"):
                 raise RuntimeError(f"fl_status_info failed: {out.get('msg')}")
             statuses = out["statuses"]
+        for pool, clients in pools.items():
+            statuses.update(virtual_client_statuses(pool, statuses.pop(pool), clients))
         if in_pods:
             statuses.update(clients_seen_by_parents(in_pods, statuses))
         for n in names:  # a service that left the inventory is not there to ask
@@ -227,6 +239,7 @@ class ActionModule(ActionBase):
         # Left-out clients stay in the plan's services (never placed: limited away) under the
         # GA, which has no capacity to break.
         full = {**assignment, **{c: ga for c in left_out if c in clients}}
+        left_out = self._hosts_left_out(left_out)
         path = self._dir / "assignment.json"
         fd, tmp = tempfile.mkstemp(dir=self._dir)
         with os.fdopen(fd, "w") as f:
@@ -246,6 +259,31 @@ class ActionModule(ActionBase):
             self._stopped |= set(gone)
         self._stopped &= set(left_out)
 
+    def _hosts_left_out(self, clients):
+        """The hosts that leaving out ``clients`` limits away: each one's own host, but a
+        pool's only once all its virtual clients are left out (they share its one process); a
+        virtual client gone from the inventory leaves with its pool's new config."""
+        pools = self._topo.pools
+        out = set()
+        for name in clients:
+            try:
+                s = self._topo.service(name)
+            except KeyError:
+                if not self._was_virtual(name):
+                    out.add(name)
+                continue
+            if s.pool is None or all(m.name in clients for m in pools[s.pool]):
+                out.add(s.host)
+        return sorted(out)
+
+    def _was_virtual(self, name):
+        """Whether the running plan has ``name`` as a pool's virtual client."""
+        try:
+            running = json.loads((self._dir / "plan.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(name in (s.get("virtual_clients") or {}) for s in running.get("services", []))
+
     def _reroute(self, moves, gone):
         """Tell the running services a change before placement makes it last: aggregators
         which children are gone (their open round stops waiting), moved clients their new
@@ -254,8 +292,15 @@ class ActionModule(ActionBase):
         host is this machine (the controller's certificate is here)."""
         told = [(agg, {"gone": children}) for agg, children in gone.items()]
         if self._topo.pipeline.runtime == "process":
-            told += [(client, {"parent": plan.parent_address(self._topo.service(parent))})
-                     for client, parent in moves.items()]
+            pools = {}  # a pool is told all its moved virtual clients in one message
+            for client, parent in moves.items():
+                address = plan.parent_address(self._topo.service(parent))
+                pool = self._topo.service(client).pool
+                if pool:
+                    pools.setdefault(pool, {})[client] = address
+                else:
+                    told.append((client, {"parent": address}))
+            told += [(pool, {"parents": parents}) for pool, parents in pools.items()]
         for name, message in told:
             if name != self._topo.ga.name and not self._in_process():
                 continue

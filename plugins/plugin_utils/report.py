@@ -65,6 +65,17 @@ def _is_number(value) -> bool:
             and not math.isnan(value))
 
 
+def load_results(folder: str | Path) -> dict[str, list[dict]]:
+    """service -> its results lines, from the ``*.jsonl`` files of ``folder`` (one per placed
+    service): a pool's file holds every one of its virtual clients' lines, each under its own
+    ``service`` name."""
+    out: dict[str, list[dict]] = {}
+    for f in sorted(Path(folder).glob("*.jsonl")):
+        for line in load_jsonl(f):
+            out.setdefault(str(line.get("service") or f.stem), []).append(line)
+    return out
+
+
 def load_jsonl(path: str | Path) -> list[dict]:
     """JSON lines of a file; a missing file or a torn last line (still being written) is skipped."""
     out = []

@@ -2,6 +2,7 @@
 
 import base64
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -167,3 +168,13 @@ def test_report_plots_load_in_headless_chromium(tmp_path):
     subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1400", path.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+
+
+def test_a_pools_file_gives_each_virtual_client_its_own_lines(tmp_path):
+    lines = [{"service": "c1-0", "global_round": 1}, {"service": "c1-1", "global_round": 1},
+             {"service": "c1-0", "global_round": 2}]
+    (tmp_path / "c1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "ga.jsonl").write_text(json.dumps({"global_round": 1}) + "\n")
+    results = report.load_results(tmp_path)
+    assert sorted(results) == ["c1-0", "c1-1", "ga"]
+    assert [x["global_round"] for x in results["c1-0"]] == [1, 2]
