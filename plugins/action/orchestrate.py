@@ -142,12 +142,16 @@ class ActionModule(ActionBase):
 
     # --- hooks -----------------------------------------------------------------------------
 
+    def _running_plan(self):
+        """plan.json of the last placement, or {}."""
+        try:
+            return json.loads((self._dir / "plan.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def _running(self):
         """The assignment placed now: plan.json from the last placement, else the default."""
-        try:
-            return json.loads((self._dir / "plan.json").read_text())["assignment"]
-        except (OSError, ValueError, KeyError):
-            return plan.default_assignment(self._topo)
+        return self._running_plan().get("assignment") or plan.default_assignment(self._topo)
 
     def _read_fleet(self):
         try:
@@ -239,7 +243,7 @@ class ActionModule(ActionBase):
         # Left-out clients stay in the plan's services (never placed: limited away) under the
         # GA, which has no capacity to break.
         full = {**assignment, **{c: ga for c in left_out if c in clients}}
-        left_out = self._hosts_left_out(left_out)
+        left_out = plan.hosts_left_out(self._topo, left_out, self._running_plan())
         path = self._dir / "assignment.json"
         fd, tmp = tempfile.mkstemp(dir=self._dir)
         with os.fdopen(fd, "w") as f:
@@ -258,31 +262,6 @@ class ActionModule(ActionBase):
                 display.warning(f"orchestrate: stopping {', '.join(gone)}: {e}")
             self._stopped |= set(gone)
         self._stopped &= set(left_out)
-
-    def _hosts_left_out(self, clients):
-        """The hosts that leaving out ``clients`` limits away: each one's own host, but a
-        pool's only once all its virtual clients are left out (they share its one process); a
-        virtual client gone from the inventory leaves with its pool's new config."""
-        pools = self._topo.pools
-        out = set()
-        for name in clients:
-            try:
-                s = self._topo.service(name)
-            except KeyError:
-                if not self._was_virtual(name):
-                    out.add(name)
-                continue
-            if s.pool is None or all(m.name in clients for m in pools[s.pool]):
-                out.add(s.host)
-        return sorted(out)
-
-    def _was_virtual(self, name):
-        """Whether the running plan has ``name`` as a pool's virtual client."""
-        try:
-            running = json.loads((self._dir / "plan.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return any(name in (s.get("virtual_clients") or {}) for s in running.get("services", []))
 
     def _reroute(self, moves, gone):
         """Tell the running services a change before placement makes it last: aggregators

@@ -239,6 +239,25 @@ def _pool_config(topology, members, chosen, app):
     return host, config
 
 
+def hosts_left_out(topology, clients, running):
+    """The hosts that leaving out ``clients`` limits away: each one's own host, but a pool's
+    only once all its virtual clients are left out (they share one process). A virtual client
+    of the ``running`` plan that left the inventory leaves with its pool's new config."""
+    was_virtual = {c for s in running.get("services", []) for c in s.get("virtual_clients") or ()}
+    pools = topology.pools
+    out = set()
+    for name in clients:
+        try:
+            s = topology.service(name)
+        except KeyError:
+            if name not in was_virtual:
+                out.add(name)
+            continue
+        if s.pool is None or all(m.name in clients for m in pools[s.pool]):
+            out.add(s.host)
+    return sorted(out)
+
+
 def hosts_to_place(running, planned):
     """The hosts of ``planned`` whose services would be placed differently than in the
     ``running`` plan: a service new to it, on another host, or with another config or digest

@@ -64,6 +64,15 @@ def local_inventory(tmp_path, edit=None, source=None):
     return write_inventory(tmp_path / "inventory", tiers, cluster_vars)
 
 
+def local_inventory_same_ports(tmp, edit):
+    """The deployed inventory with ``edit`` applied (ports kept)."""
+    doc = yaml.safe_load((tmp / "inventory" / "hosts.yml").read_text())["hfl_cluster"]
+    tiers = {t: dict(v["hosts"]) for t, v in doc["children"].items()}
+    cluster_vars = dict(doc["vars"])
+    edit(tiers, cluster_vars)
+    return write_inventory(tmp / "inventory", tiers, cluster_vars)
+
+
 def edit_reference(rounds, **extra):
     """Link costs of the reference experiment: client-LA 20 or 60, LA-GA 100."""
 

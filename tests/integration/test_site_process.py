@@ -6,15 +6,14 @@ reset.yml leaves nothing behind."""
 import json
 
 import pytest
-import yaml
 from hfl_helpers import (
     ROOT,
     local_inventory,
+    local_inventory_same_ports,
     playbook,
     processes_mentioning,
     service_pids,
     stop_processes_under,
-    write_inventory,
 )
 
 pytestmark = pytest.mark.integration
@@ -107,15 +106,6 @@ def test_reset_removes_every_process_and_folder(deployed):
     assert list((tmp / "hosts").iterdir()) == []
     # The controller keeps the plan and the collected results.
     assert (tmp / "controller" / "demo" / "results" / "ga.jsonl").exists()
-
-
-def local_inventory_same_ports(tmp, edit):
-    """The deployed inventory with ``edit`` applied (ports kept)."""
-    doc = yaml.safe_load((tmp / "inventory" / "hosts.yml").read_text())["hfl_cluster"]
-    tiers = {t: dict(v["hosts"]) for t, v in doc["children"].items()}
-    cluster_vars = dict(doc["vars"])
-    edit(tiers, cluster_vars)
-    return write_inventory(tmp / "inventory", tiers, cluster_vars)
 
 
 def test_flat_fl_inventory_trains_clients_under_the_ga_insecure_too(tmp_path):

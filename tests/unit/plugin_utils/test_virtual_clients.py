@@ -121,3 +121,14 @@ def test_a_thousand_virtual_clients_plan_in_one_pass():
     pool = next(s for s in p["services"] if s["name"] == "c1")
     assert len(pool["config"]["virtual_clients"]) == 1000
     assert {p["assignment"][f"c1-{i}"] for i in range(1000)} == {"la1", "la2"}
+
+
+def test_a_pool_host_is_left_out_only_with_all_its_virtual_clients():
+    topo = topology.build(*pools())
+    running = plan.make_plan(topo)
+    assert plan.hosts_left_out(topo, ["c2", "c1-0"], running) == ["c2"]
+    assert plan.hosts_left_out(topo, ["c1-0", "c1-1", "c1-2", "c4"], running) == ["c1", "c4"]
+    # c3 shrank to one virtual client: c3-1 leaves with its pool's new config; c5 left for good.
+    fewer = topology.build(*local_hfl(c1={"hfl_virtual_clients": 3},
+                                      c3={"hfl_virtual_clients": 1}))
+    assert plan.hosts_left_out(fewer, ["c3-1", "c5"], running) == ["c5"]
