@@ -102,64 +102,84 @@ class ServiceState:
 
 
 class _StateCollector:
-    """Prometheus view of a ServiceState, read at scrape time."""
+    """Prometheus view of ServiceStates (one service's, or a pool's virtual clients'), read at
+    scrape time: every family holds one series per state, labelled with its service name."""
 
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
+    def __init__(self, states: list[ServiceState]) -> None:
+        self.states = states
 
     def collect(self) -> Iterator[Any]:
-        s = self.state.status()
+        snapshots = [(state, state.status()) for state in self.states]
         labels = ["service", "role"]
-        own = [s["name"], s["role"]]
 
-        def gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+        def own(s: dict[str, Any]) -> list[str]:
+            return [s["name"], s["role"]]
+
+        def gauge(name: str, doc: str, value: Callable[[ServiceState, dict[str, Any]],
+                                                       float | None]) -> GaugeMetricFamily:
             family = GaugeMetricFamily(name, doc, labels=labels)
-            if value is not None:
-                family.add_metric(own, value)
+            for state, s in snapshots:
+                sample = value(state, s)
+                if sample is not None:
+                    family.add_metric(own(s), sample)
             return family
 
-        yield gauge("hfl_global_round", "current global round", s["global_round"])
-        yield gauge("hfl_local_round", "current local round (LA)", s["local_round"])
-        yield gauge("hfl_accuracy", "last accuracy", s["last_metrics"]["accuracy"])
-        yield gauge("hfl_loss", "last loss", s["last_metrics"]["loss"])
-        yield gauge("hfl_children", "connected children", len(s["children"]))
-        yield gauge("hfl_round_wall_seconds", "last round's wall time", self.state.round_wall_s)
-        yield gauge("hfl_train_seconds", "last round's training time", self.state.train_time_s)
+        yield gauge("hfl_global_round", "current global round", lambda _, s: s["global_round"])
+        yield gauge("hfl_local_round", "current local round (LA)", lambda _, s: s["local_round"])
+        yield gauge("hfl_accuracy", "last accuracy",
+                    lambda _, s: s["last_metrics"]["accuracy"])
+        yield gauge("hfl_loss", "last loss", lambda _, s: s["last_metrics"]["loss"])
+        yield gauge("hfl_children", "connected children", lambda _, s: len(s["children"]))
+        yield gauge("hfl_round_wall_seconds", "last round's wall time",
+                    lambda state, _: state.round_wall_s)
+        yield gauge("hfl_train_seconds", "last round's training time",
+                    lambda state, _: state.train_time_s)
         yield gauge("hfl_aggregation_seconds", "last round's aggregation time",
-                    self.state.aggregation_time_s)
-        state = GaugeMetricFamily("hfl_state", "1 for the current state", labels=[*labels, "state"])
-        for name in STATES:
-            state.add_metric([*own, name], 1.0 if s["state"] == name else 0.0)
-        yield state
+                    lambda state, _: state.aggregation_time_s)
+        state_family = GaugeMetricFamily("hfl_state", "1 for the current state",
+                                         labels=[*labels, "state"])
+        for _, s in snapshots:
+            for name in STATES:
+                state_family.add_metric([*own(s), name], 1.0 if s["state"] == name else 0.0)
+        yield state_family
         rejected = CounterMetricFamily("hfl_rejected_updates", "updates rejected", labels=labels)
-        rejected.add_metric(own, s["rejected_updates"])
-        yield rejected
         failed = CounterMetricFamily("hfl_failed_aggregations",
                                      "rounds whose strategy gave no usable aggregate",
                                      labels=labels)
-        failed.add_metric(own, s["failed_aggregations"])
+        for _, s in snapshots:
+            rejected.add_metric(own(s), s["rejected_updates"])
+            failed.add_metric(own(s), s["failed_aggregations"])
+        yield rejected
         yield failed
         federated = GaugeMetricFamily("hfl_federated_metric",
                                       "last federated evaluation, one sample per metric",
                                       labels=[*labels, "name"])
-        for name, value in (s["last_federated_metrics"] or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                federated.add_metric([*own, name], float(value))
+        for _, s in snapshots:
+            for name, value in (s["last_federated_metrics"] or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    federated.add_metric([*own(s), name], float(value))
         yield federated
         for direction in ("sent", "received"):
             family = CounterMetricFamily(
                 f"hfl_link_{direction}_bytes", f"bytes {direction} on each link",
                 labels=[*labels, "peer"],
             )
-            for peer, link in s["links"].items():
-                family.add_metric([*own, peer], link[f"{direction}_bytes"])
+            for _, s in snapshots:
+                for peer, link in s["links"].items():
+                    family.add_metric([*own(s), peer], link[f"{direction}_bytes"])
             yield family
 
 
-def prometheus_text(state: ServiceState) -> bytes:
+def prometheus_text(*states: ServiceState) -> bytes:
+    """The /metrics text of one service's state, or of several (a pool's virtual clients)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StateCollector(state))  # type: ignore[arg-type]
+    registry.register(_StateCollector(list(states)))  # type: ignore[arg-type]
     return generate_latest(registry)
+
+
+# One lock for every results file of the process: a pool's virtual clients append to one file
+# from their own threads, and a line must never be split by another's.
+_APPEND = threading.Lock()
 
 
 class ResultsWriter:
@@ -179,6 +199,7 @@ class ResultsWriter:
         self._last_links = links
         line = {"ts": time.time(), "service": self.state.name, "role": self.state.role,
                 **fields, "links": delta}
-        with self.path.open("a") as out:
-            out.write(json.dumps(line) + "\n")
+        text = json.dumps(line) + "\n"
+        with _APPEND, self.path.open("a") as out:
+            out.write(text)
         return line

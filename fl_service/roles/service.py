@@ -54,13 +54,21 @@ class Service:
         return {
             ("GET", "/status"): self._status_route,
             ("GET", "/metrics"): lambda q, b, peer: Reply(
-                200, prometheus_text(self.state), "text/plain; version=0.0.4"
+                200, self.metrics_text(), "text/plain; version=0.0.4"
             ),
             ("POST", "/control"): self._control_route,
         }
 
+    def status(self) -> dict[str, Any]:
+        """The /status document."""
+        return self.state.status()
+
+    def metrics_text(self) -> bytes:
+        """The /metrics text."""
+        return prometheus_text(self.state)
+
     def _status_route(self, query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
-        return json_reply(self.state.status() if self.access.sees_status(peer) else ALIVE)
+        return json_reply(self.status() if self.access.sees_status(peer) else ALIVE)
 
     def _control_route(self, query: dict[str, str], body: bytes, peer: Peer | None) -> Reply:
         refusal = self.access.control(peer)
