@@ -13,16 +13,19 @@ under their own names (the client fills them from its config: `run_config(cfg)`;
 plus `partition_id`, `num_partitions` and `label_slices`).
 
 Per process, and per such cfg, the model, the data partition and the loaders are built once
-(`prepare`), never per message. Train: load the arrays into the model, `task.train` for
-`local_epochs` on the partition, reply `arrays` + `metrics {"loss", "num-examples"}`. Evaluate:
-`task.test` on this node's slice of the test split (cut by the same partitioner), reply
-`metrics {"loss", "accuracy", "num-examples"}`. The label histogram of the partition goes into
-`context.state` (fl_service.apps.STATE_HISTOGRAM) and the pure training time of each train
-call into STATE_TIMING, for the client service to report; neither travels in the reply.
+(`prepare`), never per message; the task's datasets once per process and per task, dataset,
+`data_dir`, `download` and `seed` (`DATA_KEYS`), so a pool's virtual clients share them.
+Train: load the arrays into the model, `task.train` for `local_epochs` on the partition, reply
+`arrays` + `metrics {"loss", "num-examples"}`. Evaluate: `task.test` on this node's slice of the
+test split (cut by the same partitioner), reply `metrics {"loss", "accuracy", "num-examples"}`.
+The label histogram of the partition goes into `context.state` (fl_service.apps.STATE_HISTOGRAM)
+and the pure training time of each train call into STATE_TIMING, for the client service to
+report; neither travels in the reply.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -35,7 +38,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
 from fl_service.datasets import class_histogram, dataset_labels, make_loader
@@ -82,6 +85,10 @@ class Local:
 
 
 _local: dict[tuple, Local] = {}
+# What a task's load_data may depend on: the datasets are loaded once per these values.
+DATA_KEYS = ("dataset", "data_dir", "download", "seed")
+_data: dict[tuple, tuple[Dataset, Dataset]] = {}
+_data_lock = threading.Lock()
 
 
 def check(context: Context) -> None:
@@ -110,7 +117,7 @@ def _build(cfg: dict[str, Any]) -> Local:
     if "threads" in cfg:
         torch.set_num_threads(int(cfg["threads"]))
     model = task.load_model(cfg).to(device)
-    train_set, test_set = task.load_data(cfg)
+    train_set, test_set = _datasets(task, cfg)
     partition = client_partition(cfg, train_set)
     test_part = _test_slice(cfg, test_set)
     return Local(
@@ -119,6 +126,15 @@ def _build(cfg: dict[str, Any]) -> Local:
         histogram={str(k): int(v) for k, v in class_histogram(partition).items()},
         test_loader=make_loader(test_part, cfg, shuffle=False), test_examples=len(test_part),
     )
+
+
+def _datasets(task: ModuleType, cfg: dict[str, Any]) -> tuple[Dataset, Dataset]:
+    """The task's (train, test) datasets, loaded once per process for `DATA_KEYS`."""
+    key = (task.__name__, *(cfg.get(k) for k in DATA_KEYS))
+    with _data_lock:
+        if key not in _data:
+            _data[key] = task.load_data(cfg)
+        return _data[key]
 
 
 def _test_slice(cfg: dict[str, Any], test_set: Any) -> Subset:

@@ -269,6 +269,7 @@ def test_builtin_app_trains_and_evaluates_digits_with_its_data_loaded_once(monke
     real_load = digits.load_data
     monkeypatch.setattr(digits, "load_data", lambda cfg: loads.append(1) or real_load(cfg))
     monkeypatch.setattr(builtin, "_local", {})
+    monkeypatch.setattr(builtin, "_data", {})
     runner = ClientRunner({**BASE, "partition_id": 1, "num_partitions": 3, "seed": 0})
     assert runner.builtin and runner.path == "fl_service.apps.builtin:app"
     assert runner.context.run_config["learning_rate"] == 0.05
