@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fl_service.config import GA, LA, ROLES, ConfigError, help_text, load_config
@@ -68,6 +69,10 @@ def _build(role: str, cfg: dict) -> Service:
         from fl_service.roles.local_aggregator import LocalAggregator
 
         return LocalAggregator(cfg)
+    if cfg["virtual_clients"]:
+        from fl_service.roles.pool import Pool
+
+        return Pool(cfg)
     from fl_service.roles.client import Client
 
     return Client(cfg)
@@ -93,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     # Exiting at once is safe: checkpoints and results are only ever replaced atomically.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack
-    if hasattr(service, "parent"):
+    reload = _reloader(service)
+    if reload is not None:
         # SIGHUP re-reads the config; the reload runs off the signal handler's stack.
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(
-            target=_reload, args=(service,), daemon=True).start())
+            target=_reload, args=(reload,), daemon=True).start())
     try:
         service.start_http()
     except OSError as exc:
@@ -107,9 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reload(service: Service) -> None:
+def _reloader(service: Service) -> Callable[[], object] | None:
+    """What SIGHUP runs: a pool's reload (every virtual client), a child's parent reload, or
+    nothing (the GA)."""
+    if hasattr(service, "reload"):
+        return service.reload
+    if hasattr(service, "parent"):
+        return service.parent.reload
+    return None
+
+
+def _reload(reload: Callable[[], object]) -> None:
     try:
-        service.parent.reload()
+        reload()
     except (ConfigError, ValueError) as exc:
         logging.getLogger("fl_service").error("reload failed: %s", exc)
 

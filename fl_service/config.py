@@ -87,6 +87,9 @@ KEYS: dict[str, Key] = {
     "evaluate_every": Key(int, 0, (GA,), "federated evaluation every N global rounds (0: never)"),
     "device": Key(str, "auto", ALL, "one of: " + ", ".join(DEVICES)),
     "threads": Key(int, 1, ALL, "torch intra-op threads"),
+    "virtual_clients": Key(list, [], (CLIENT,), "a pool: one client per entry {name, "
+                           "partition_id, parent, label_slices?} in this one process, each the "
+                           "rest of this config with its entry over it (top-level parent unused)"),
 }
 
 # Lower bounds of numeric keys; (key, bound, strict)
@@ -126,7 +129,7 @@ def _coerce(key: str, value: Any, from_env: bool) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(key, f"cannot parse {value!r}") from None
-    if value is None and want in (str, dict):
+    if value is None and want in (str, dict, list):
         return want()
     if want is dict and isinstance(value, dict) and not all(isinstance(k, str) for k in value):
         raise ConfigError(key, f"keys must be strings, got {sorted(map(repr, value))}")
@@ -140,6 +143,9 @@ def _coerce(key: str, value: Any, from_env: bool) -> Any:
 
 
 def _check(cfg: dict[str, Any], role: str) -> None:
+    pool = role == CLIENT and bool(cfg["virtual_clients"])
+    if pool:
+        cfg["parent"] = ""  # each virtual client has its own; the pool has none
     for key, spec in KEYS.items():
         if cfg[key] is REQUIRED:
             if role in spec.roles:
@@ -156,7 +162,7 @@ def _check(cfg: dict[str, Any], role: str) -> None:
         raise ConfigError("port", f"must be <= 65535, got {cfg['port']}")
     if cfg["partition_id"] >= cfg["num_partitions"]:
         raise ConfigError("partition_id", f"must be < num_partitions ({cfg['num_partitions']})")
-    if role != GA:
+    if role != GA and not pool:
         parse_address(cfg["parent"], "parent")
     for key in IMPORT_PATHS:
         if cfg[key]:
@@ -164,6 +170,54 @@ def _check(cfg: dict[str, Any], role: str) -> None:
     if not cfg["controller_name"]:
         raise ConfigError("controller_name", "must not be empty")
     _check_tls(cfg)
+    if pool:
+        _check_virtual_clients(cfg)
+
+
+# A virtual client's entry: its required keys, and all it may set.
+MEMBER_REQUIRED = ("name", "partition_id", "parent")
+MEMBER_KEYS = (*MEMBER_REQUIRED, "label_slices")
+
+
+def _check_virtual_clients(cfg: dict[str, Any]) -> None:
+    """Each entry of a pool's `virtual_clients` (after the base's own checks); ConfigError
+    naming `virtual_clients[i].<key>`."""
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(cfg["virtual_clients"]):
+        where = f"virtual_clients[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, f"expected a mapping with {', '.join(MEMBER_REQUIRED)}, "
+                              f"got {type(entry).__name__} {entry!r}")
+        for key in entry:
+            if key not in MEMBER_KEYS:
+                raise ConfigError(f"{where}.{key}",
+                                  f"unknown key; one of {', '.join(MEMBER_KEYS)}")
+        for key in MEMBER_REQUIRED:
+            if entry.get(key) is None:
+                raise ConfigError(f"{where}.{key}", "required")
+        name = entry["name"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}.name", f"expected a non-empty string, got {name!r}")
+        if name in seen:
+            raise ConfigError(f"{where}.name", f"duplicate {name!r} (also "
+                              f"virtual_clients[{seen[name]}])")
+        seen[name] = i
+        pid = entry["partition_id"]
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+            raise ConfigError(f"{where}.partition_id", f"expected an integer >= 0, got {pid!r}")
+        if pid >= cfg["num_partitions"]:
+            raise ConfigError(f"{where}.partition_id",
+                              f"must be < num_partitions ({cfg['num_partitions']}), got {pid}")
+        parse_address(entry["parent"], f"{where}.parent")
+        slices = entry.get("label_slices", "")
+        if not isinstance(slices, str):
+            raise ConfigError(f"{where}.label_slices", f"expected str, got {slices!r}")
+
+
+def virtual_client_configs(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A pool's config -> one ordinary client config per virtual client: the pool's, with the
+    entry's keys over it (and no virtual_clients of its own)."""
+    return [{**cfg, **entry, "virtual_clients": []} for entry in cfg["virtual_clients"]]
 
 
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
@@ -219,7 +273,7 @@ def load_config(
         if not isinstance(raw, dict):
             raise ConfigError("config", f"{path} must hold a YAML mapping")
     # Mapping defaults are copied: a config must never share one with another.
-    cfg = {key: dict(spec.default) if spec.type is dict else spec.default
+    cfg = {key: spec.type(spec.default) if spec.type in (dict, list) else spec.default
            for key, spec in KEYS.items()}
     for key, value in raw.items():
         if key not in KEYS:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from fl_service.flower_app import ClientRunner
+from fl_service.metrics import ResultsWriter, ServiceState
 from fl_service.roles.child import ParentSide
 from fl_service.roles.service import Service
 from fl_service.transport import EVALUATE, FINISHED, TRAIN, Arrays, ParentLink
@@ -32,14 +34,34 @@ class Client(Service):
         self.runner = ClientRunner(cfg)
         super().__init__(cfg)
         self.parent = ParentSide(cfg, self.state, self.links)
+        self.work = ClientWork(self.runner, self.state, self.parent, self.results)
 
     def control(self, message: dict[str, Any]) -> dict[str, Any]:
         return self.parent.control(message)
 
     def run(self) -> None:
+        self.work.run()
+
+
+class ClientWork:
+    """One client's tasks: from its parent, through its app, back as updates and results lines.
+    A plain client has one; a pool (roles/pool.py) one per virtual client, which `gate` (a
+    semaphore they share) lets load and train only so many at a time."""
+
+    def __init__(self, runner: ClientRunner, state: ServiceState, parent: ParentSide,
+                 results: ResultsWriter,
+                 gate: AbstractContextManager[Any] | None = None) -> None:
+        self.runner = runner
+        self.state = state
+        self.parent = parent
+        self.results = results
+        self.gate = gate if gate is not None else nullcontext()
+
+    def run(self) -> None:
         # What the app can load before the first task (the built-in app: its data and its model),
         # so round 1 is not seconds of loading that hit timeouts.
-        self.runner.warm_up()
+        with self.gate:
+            self.runner.warm_up()
         histogram = self.runner.histogram()
         if histogram is not None:
             self.state.set(histogram=histogram, num_examples=sum(histogram.values()))
@@ -63,8 +85,10 @@ class Client(Service):
         kind = str(header.get("type") or TRAIN)
         self.state.set(state="training", global_round=header["global_round"],
                        local_round=header["local_round"])
-        update, out = self.runner.handle(header, arrays)
-        app_time = time.perf_counter() - started
+        with self.gate:
+            app_started = time.perf_counter()  # the wait for the gate is no app time
+            update, out = self.runner.handle(header, arrays)
+            app_time = time.perf_counter() - app_started
         self.parent.send_update(link, update, out)
         wall = time.perf_counter() - started
         line: dict[str, Any] = {
