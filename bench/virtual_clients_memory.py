@@ -3,10 +3,13 @@
     .venv/bin/python bench/virtual_clients_memory.py [--sizes 1,100,500]
 
 Issue 12's target: <= 5 MB per virtual client beyond its data. For each size, a real pool
-process (`python -m fl_service client`) of that many digits clients (iid, one partition each),
-whose parents are a closed loopback port (they warm up, then back off from joining), is
-waited for until every virtual client has warmed up (/status: no virtual client `starting`);
-then, after SETTLE_S, its RSS (VmRSS) and private memory (Private_Clean + Private_Dirty of
+process (`python -m fl_service client`) of that many digits clients (iid, one partition each):
+- idle: their parents are a closed loopback port (they warm up, then back off from joining);
+  measured once every virtual client has warmed up (/status: none `starting`);
+- trained: their parent is a real GA of one global round, which each virtual client trains in
+  and then evaluates nothing; measured once the pool is `finished` (each holds its model's
+  gradients and momentum, its last update and its link to the GA).
+After SETTLE_S, the pool's RSS (VmRSS) and private memory (Private_Clean + Private_Dirty of
 smaps_rollup) are read. Per virtual client = (largest pool - smallest) / (size difference).
 Ends with one JSON line.
 """
@@ -52,64 +55,86 @@ def status(port: int) -> dict:
         return json.loads(response.read())
 
 
-def measure(size: int, tmp: Path) -> tuple[float, float, float]:
-    """(RSS MB, private MB, seconds to warm up) of a pool of `size` virtual clients."""
-    port, nowhere = free_port(), free_port()
-    config = {"name": "pool", "port": port, "state_dir": str(tmp / f"pool{size}"),
-              "dataset": "digits", "partitioner": "iid", "num_partitions": size, "threads": 1,
-              "virtual_clients": [{"name": f"pool-{i}", "partition_id": i,
-                                   "parent": f"127.0.0.1:{nowhere}"} for i in range(size)]}
-    path = tmp / f"pool{size}.yaml"
-    path.write_text(json.dumps(config))
+def start(role: str, name: str, config: dict, tmp: Path) -> subprocess.Popen:
+    path = tmp / f"{name}.yaml"
+    path.write_text(json.dumps({"name": name, "state_dir": str(tmp / name),
+                                "dataset": "digits", "threads": 1, **config}))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("HFL_")},
            "OMP_NUM_THREADS": "1"}
-    with (tmp / f"pool{size}.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fl_service", "client", "--config", str(path)],
+    with (tmp / f"{name}.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fl_service", role, "--config", str(path)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def idle(doc: dict) -> bool:
+    return not any(m["state"] == "starting" for m in doc["virtual_clients"].values())
+
+
+def finished(doc: dict) -> bool:
+    return doc["state"] == "finished"
+
+
+def measure(size: int, trained: bool, tmp: Path) -> tuple[float, float, float]:
+    """(RSS MB, private MB, seconds until measured) of a pool of `size` virtual clients."""
+    name = f"{'trained' if trained else 'idle'}{size}"
+    port, parent_port = free_port(), free_port()
+    processes = []
+    if trained:
+        processes.append(start("global_aggregator", f"ga-{name}", {
+            "port": parent_port, "global_rounds": 1, "min_participants": size,
+            "round_timeout_s": READY_TIMEOUT_S}, tmp))
+    pool = start("client", name, {
+        "port": port, "partitioner": "iid", "num_partitions": size,
+        "virtual_clients": [{"name": f"{name}-{i}", "partition_id": i,
+                             "parent": f"127.0.0.1:{parent_port}"} for i in range(size)]}, tmp)
+    processes.append(pool)
+    ready = finished if trained else idle
     try:
-        start = time.monotonic()
+        began = time.monotonic()
         while True:
-            if process.poll() is not None:
-                raise SystemExit(f"pool of {size} exited {process.returncode}: "
-                                 f"{(tmp / f'pool{size}.log').read_text()[-2000:]}")
-            if time.monotonic() - start > READY_TIMEOUT_S:
-                raise SystemExit(f"pool of {size} not warmed up within {READY_TIMEOUT_S} s")
+            for process in processes:
+                if process.poll() is not None:
+                    raise SystemExit(f"{name}: a process exited {process.returncode}; logs in "
+                                     f"{tmp}")
+            if time.monotonic() - began > READY_TIMEOUT_S:
+                raise SystemExit(f"{name}: not ready within {READY_TIMEOUT_S} s")
             try:
-                doc = status(port)
-                if len(doc["virtual_clients"]) == size and not any(
-                        m["state"] == "starting" for m in doc["virtual_clients"].values()):
+                if ready(status(port)):
                     break
             except OSError:
                 pass
             time.sleep(0.2)
-        warm_s = time.monotonic() - start
+        ready_s = time.monotonic() - began
         time.sleep(SETTLE_S)
-        rss, private = memory_mb(process.pid)
+        rss, private = memory_mb(pool.pid)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-    return rss, private, round(warm_s, 1)
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    return rss, private, round(ready_s, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,100,500")
     sizes = sorted(int(n) for n in parser.parse_args().sizes.split(","))
-    figures = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            figures[size] = measure(size, Path(tmp))
-            rss, private, warm = figures[size]
-            print(f"pool of {size:>4}: RSS {rss:7.1f} MB, private {private:7.1f} MB, "
-                  f"warm-up {warm:5.1f} s", flush=True)
+    result: dict[str, float] = {}
     small, large = sizes[0], sizes[-1]
     spread = max(large - small, 1)
-    result = {f"rss_mb_{n}": figures[n][0] for n in sizes}
-    result["mb_per_virtual_client"] = round((figures[large][0] - figures[small][0]) / spread, 3)
-    result["private_mb_per_virtual_client"] = round(
-        (figures[large][1] - figures[small][1]) / spread, 3)
-    result.update({f"warm_up_s_{n}": figures[n][2] for n in sizes})
+    with tempfile.TemporaryDirectory() as tmp:
+        for trained, prefix in ((False, ""), (True, "trained_")):
+            figures = {}
+            for size in sizes:
+                figures[size] = rss, private, ready_s = measure(size, trained, Path(tmp))
+                print(f"{'trained' if trained else 'idle':>7} pool of {size:>4}: RSS "
+                      f"{rss:7.1f} MB, private {private:7.1f} MB, ready in {ready_s:5.1f} s",
+                      flush=True)
+            result.update({f"{prefix}rss_mb_{n}": figures[n][0] for n in sizes})
+            for index, key in ((0, "mb"), (1, "private_mb")):
+                result[f"{prefix}{key}_per_virtual_client"] = round(
+                    (figures[large][index] - figures[small][index]) / spread, 3)
+            result.update({f"{prefix}ready_s_{n}": figures[n][2] for n in sizes})
     result["target_mb_per_virtual_client"] = 5
     print(json.dumps(result))
 
