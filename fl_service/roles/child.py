@@ -136,17 +136,35 @@ class ParentSide:
             self._declared_on = count
 
     def switch(self, parent: str) -> bool:
-        """Move to `parent` (host:port); False if it is the current one."""
+        """Move to `parent` (host:port) and tell the old one we leave; False if it is the
+        current one."""
+        old = self.move(parent)
+        if old is None:
+            return False
+        self.farewell(old)
+        return True
+
+    def move(self, parent: str) -> ParentLink | None:
+        """Point at `parent` (host:port): the poll on the old parent breaks and the next task
+        comes from the new one. The old link, for `farewell`; None if `parent` is current."""
         parse_address(parent)
         with self._lock:
             old = self.link
             if f"{old.address[0]}:{old.address[1]}" == parent:
-                return False
+                return None
             self.link = self._new_link(parent)
             self._generation += 1
             self._switched.notify_all()
         self.state.set(parent=parent, parent_name=None, parent_error=None, parent_error_at=None)
         old.abort()
+        log.info("%s: parent switched %s -> %s", self.cfg["name"], old.peer, parent)
+        return old
+
+    def farewell(self, old: ParentLink) -> None:
+        """Tell the parent of `old` (a link `move` replaced) that we left, so its open round
+        stops waiting for us; not if we have since moved back to it."""
+        if self.current().address == old.address:
+            return
         farewell = ParentLink(old.address, self.cfg["name"], self.cfg["role"], self.links,
                               self._tls)
         farewell.peer = old.peer
@@ -156,8 +174,6 @@ class ParentSide:
             log.info("%s: could not tell %s we leave: %s", self.cfg["name"], old.peer, exc)
         finally:
             farewell.close()
-        log.info("%s: parent switched %s -> %s", self.cfg["name"], old.peer, parent)
-        return True
 
     def reload(self) -> bool:
         """Re-read the config file; a changed `parent` switches."""

@@ -10,7 +10,8 @@ the datasets (loaded once, fl_service.apps.builtin) and one results.jsonl. A sem
 The port answers for all of them: /status is the pool's own document with every virtual client's
 under `virtual_clients`, /metrics every virtual client's series, and /control moves them
 (`{"client": NAME, "parent": ...}`, `{"parents": {NAME: ...}}`, `{"reload": true}` or SIGHUP:
-every one whose parent in the config file changed).
+every one whose parent in the config file changed). A move of many answers once each points at
+its new parent; their farewells to the old parents follow in the background.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from fl_service.metrics import ResultsWriter, ServiceState, prometheus_text
 from fl_service.roles.child import ParentSide
 from fl_service.roles.client import ClientWork
 from fl_service.roles.service import Service
-from fl_service.transport import LinkCounters
+from fl_service.transport import LinkCounters, ParentLink
 
 log = logging.getLogger("fl_service.pool")
-# Parent switches run this many at a time: each tells its old parent it leaves, and the
-# orchestrator moves hundreds in one call.
+# Farewells to the old parents of moved virtual clients, this many at a time.
 SWITCH_WORKERS = 32
 CONTROL_FORMS = ('{"client": NAME, "parent": "host:port"}, {"parents": {NAME: "host:port", ...}}'
                  ' or {"reload": true}')
@@ -133,13 +133,21 @@ class Pool(Service):
         return member
 
     def _switch(self, parents: dict[str, str]) -> list[str]:
-        """Move each named virtual client to its parent; the names of those that moved."""
-        if not parents:
-            return []
-        with ThreadPoolExecutor(min(SWITCH_WORKERS, len(parents))) as workers:
-            moved = list(workers.map(lambda item: self.members[item[0]].parent.switch(item[1]),
-                                     parents.items()))
-        return [name for name, did in zip(parents, moved, strict=True) if did]
+        """Move each named virtual client to its parent; the names of those that moved. The
+        farewells to their old parents go on in the background, SWITCH_WORKERS at a time: one
+        to a dead host waits out its timeout, and the caller (the orchestrator, hundreds of
+        moves at once) needs only the moves."""
+        moved = [(name, old) for name, parent in parents.items()
+                 if (old := self.members[name].parent.move(parent)) is not None]
+        if moved:
+            threading.Thread(target=self._farewells, args=(moved,), name="farewells",
+                             daemon=True).start()
+        return [name for name, _ in moved]
+
+    def _farewells(self, moved: list[tuple[str, ParentLink]]) -> None:
+        with ThreadPoolExecutor(min(SWITCH_WORKERS, len(moved))) as workers:
+            for name, old in moved:
+                workers.submit(self.members[name].parent.farewell, old)
 
     def reload(self) -> list[str]:
         """Re-read the config file; each virtual client whose parent changed switches. Virtual

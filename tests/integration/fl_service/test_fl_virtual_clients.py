@@ -72,6 +72,10 @@ def test_a_pool_of_twenty_trains_under_two_las_and_its_clients_move(pipeline: Pi
     since = time.time()
     round_with(pipeline, "la1", since, {"c1-3", "c1-4", "c1-5"})
     round_with(pipeline, "la0", since, {"c1-12"})
+    # Their farewells told the old LAs they left.
+    pipeline.wait_for("la0", lambda s: not {"c1-4", "c1-5"} & set(s["children"]),
+                      "c1-4 and c1-5 gone from la0")
+    pipeline.wait_for("la1", lambda s: "c1-12" not in s["children"], "c1-12 gone from la1")
 
     # By editing the config file and SIGHUP (what placement does on the process runtime).
     config = pool.config
