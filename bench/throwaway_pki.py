@@ -57,8 +57,9 @@ class ThrowawayCA:
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=1)))
 
-    def issue(self, name: str, role: str) -> dict[str, str]:
-        """A key and certificate for `name` in `role`; fl_service's TLS config keys for them
+    def issue(self, name: str, role: str, members: tuple[str, ...] = ()) -> dict[str, str]:
+        """A key and certificate for `name` in `role` (a pool's: also DNS names for its virtual
+        clients `members`, as role fl_pki lists them); fl_service's TLS config keys for them
         (tls_cert, tls_key, tls_ca)."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
@@ -66,7 +67,7 @@ class ThrowawayCA:
         uses = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if role != CONTROLLER_ROLE:
             uses.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        sans = [x509.DNSName(name), x509.DNSName("localhost"),
+        sans = [x509.DNSName(name), *map(x509.DNSName, members), x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         cert = (
             self._builder(subject, key.public_key())

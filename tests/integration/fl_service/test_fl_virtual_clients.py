@@ -118,3 +118,26 @@ def test_a_bad_virtual_client_exits_2_with_one_line_naming_it(tmp_path: Path) ->
     assert done.stderr.strip().splitlines() == [
         "fl_service: config error: virtual_clients[1].parent: expected host:port, got 'la1'"]
     assert not (tmp_path / "state").exists()
+
+
+def test_under_mutual_tls_a_pool_speaks_only_for_the_names_its_certificate_lists(
+        tls_pipeline: Pipeline) -> None:
+    ga = tls_pipeline.add("ga", "ga", global_rounds=10_000, min_participants=1,
+                          round_timeout_s=20, **TRAINING)
+    la = tls_pipeline.add("la", "la0", parent=ga.address, local_rounds=1, min_participants=1,
+                          round_timeout_s=10, **TRAINING)
+    listed = ("c1-0", "c1-1")
+    entries = [{"name": name, "partition_id": i, "parent": la.address}
+               for i, name in enumerate([*listed, "c1-2"])]
+    pool = tls_pipeline.add("client", "c1", start=False, virtual_clients=entries,
+                            num_partitions=3, **TRAINING)
+    tls_pipeline.ca.issue("c1", "client", listed)  # its certificate, now naming two of three
+    pool.start()
+
+    since = time.time()
+    round_with(tls_pipeline, "la0", since, set(listed))
+    status = tls_pipeline.wait_for("c1", lambda s: s["virtual_clients"]["c1-2"]["parent_error"],
+                                   "c1-2 refused")
+    refusal = status["virtual_clients"]["c1-2"]["parent_error"]
+    assert "HTTP 403" in refusal and "may not speak for" in refusal and "c1-2" in refusal
+    assert "c1-2" not in la.status()["children"]
