@@ -157,3 +157,13 @@ def test_reload_moves_every_virtual_client_whose_parent_changed_in_the_file(pool
     assert control(pool, {"reload": True}) == (200, {"switched": ["p-2"]})
     assert control(pool, {"reload": True}) == (200, {"switched": []})
     assert pool.members["p-2"].state.status()["parent"] == LA2
+
+
+def test_a_virtual_client_that_fails_ends_the_pool_naming_it(tmp_path):
+    # Class 3 of digits' training split holds fewer than 10000 examples: its warm-up fails.
+    entries = [{"name": "p-0", "partition_id": 0, "parent": LA1, "label_slices": "3:0:10000"}]
+    pool = Pool(load_config("client", pool_config(tmp_path, virtual_clients=entries),
+                            environ={}))
+    with pytest.raises(RuntimeError, match="^virtual client p-0 failed:\n") as failed:
+        pool.run()
+    assert "label_slices: class 3 has" in str(failed.value)
