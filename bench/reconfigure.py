@@ -86,7 +86,8 @@ class Running:
     """A placed pipeline in `tmp` with the orchestrator attached; on `fleet`'s hosts over SSH
     when one is given, else every host this machine."""
 
-    def __init__(self, tmp: Path, fleet: Fleet | None = None):
+    def __init__(self, tmp: Path, fleet: Fleet | None = None, edit_more=None):
+        """``edit_more(tiers, cluster_vars)`` changes the reference inventory further."""
         self.tmp = tmp
         self.fleet = fleet
         self.runner = fleet.run if fleet else run_group
@@ -94,6 +95,8 @@ class Running:
 
         def edit(tiers, cluster_vars):
             reference(tiers, cluster_vars)
+            if edit_more:
+                edit_more(tiers, cluster_vars)
             if fleet:
                 on_fleet(fleet, tmp, tiers, cluster_vars)
 

@@ -100,6 +100,20 @@ def triggered(event, trigger):
     return trigger in event["trigger"].split("; ")
 
 
+def virtual_fleet(per_pool):
+    """An edit of the reference inventory (after edit_reference): c1 and c3 each a pool of
+    ``per_pool`` virtual clients, near la1 and la2; c2 and c4 gone."""
+
+    def edit(tiers, cv):
+        for gone in ("c2", "c4"):
+            tiers["edge"].pop(gone)
+        for pool in ("c1", "c3"):
+            tiers["edge"][pool]["hfl_virtual_clients"] = per_pool
+        cv["hfl_num_partitions"] = 2 * per_pool
+
+    return edit
+
+
 def _failure_doc(inline, block):
     """The result after ``=>``: JSON on the same line or the YAML callback's indented block."""
     text = inline if inline.strip() else textwrap.dedent("\n".join(block))

@@ -28,6 +28,7 @@ from hfl_helpers import (
     stop_group,
     stop_processes_under,
     triggered,
+    virtual_fleet,
 )
 
 pytestmark = pytest.mark.integration
@@ -183,6 +184,35 @@ def test_a_killed_la_has_its_clients_moved_and_training_goes_on(pipeline_factory
     rounds = [r["global_round"] for r in p.results("ga")]
     assert rounds == list(range(1, len(rounds) + 1))  # no completed round lost or repeated
     assert service_pids(p.tmp / "hosts")["ga"] == ga_pid  # the GA never restarted
+
+
+def test_a_killed_la_has_its_virtual_clients_moved_one_by_one(pipeline_factory):
+    """Two pools of 10 virtual clients, one near each LA: la2 dies, its 10 move to la1 (each
+    its own move in the plan), the pool is reloaded, not restarted, and no round is lost."""
+    reference = edit_reference(rounds=1000)
+    pools = virtual_fleet(10)
+    p = pipeline_factory(lambda tiers, cv: (reference(tiers, cv), pools(tiers, cv)))
+    p.place()
+    p.attach()
+    p.wait_event(lambda e: triggered(e, "attach"))
+    p.wait_rounds(3)
+    pids = service_pids(p.tmp / "hosts")
+    os.kill(pids["la2"], signal.SIGKILL)
+
+    ev = p.wait_event(lambda e: triggered(e, "failure: la2") and e["action"] == "apply")
+    moved = {c for c, parent in ev["plan_before"].items() if parent == "la2"}
+    assert moved == {f"c3-{i}" for i in range(10)}
+    assert {ev["plan_after"][c] for c in moved} == {"la1"}
+    done = len(p.results("ga"))
+    p.wait_rounds(done + 2, deadline_s=180)
+    pool = p.status("c3")["virtual_clients"]
+    assert {pool[c]["parent_name"] for c in moved} == {"la1"}
+    last = p.results("la1")[-1]
+    assert moved | {f"c1-{i}" for i in range(10)} <= set(last["participants"])
+    rounds = [r["global_round"] for r in p.results("ga")]
+    assert rounds == list(range(1, len(rounds) + 1))  # no completed round lost or repeated
+    after = service_pids(p.tmp / "hosts")
+    assert (after["ga"], after["c3"]) == (pids["ga"], pids["c3"])  # a reload, not a restart
 
 
 def ga_takes_last_round(p):
