@@ -12,7 +12,21 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ansible_collections.hfl.orchestration.plugins.plugin_utils.topology import (
+    DEFAULT_LINK_COST,
+)
+
 MB = 1_000_000
+
+
+def weight(weights: dict[str, dict[str, float]], child: str, parent: str) -> float:
+    """The cost weight of the link child -> parent. A link the inventory prices not (a client
+    sent straight to the GA outside its cost map, when no LA is left) costs what the child's
+    dearest known link does, so such a move never looks free."""
+    row = weights.get(child) or {}
+    if parent in row:
+        return row[parent]
+    return max(row.values(), default=DEFAULT_LINK_COST)
 
 
 def link_bytes(counters: dict) -> int:
@@ -91,11 +105,11 @@ def round_cost(
     used: set[str] = set()
     for client, parent in assignment.items():
         times = 1 if parent == ga else local_rounds
-        total += times * exchange_mb * weights[client][parent]
+        total += times * exchange_mb * weight(weights, client, parent)
         if parent != ga:
             used.add(parent)
     for la in used:
-        total += exchange_mb * weights[la][ga]
+        total += exchange_mb * weight(weights, la, ga)
     return total
 
 
@@ -116,11 +130,11 @@ def change_cost(
     total = 0.0
     for client, parent in after.items():
         if before.get(client) != parent:
-            total += exchange_mb / 2 * weights[client][parent]
+            total += exchange_mb / 2 * weight(weights, client, parent)
     if ga is not None:
         old_las = {p for p in before.values() if p != ga}
         for la in {p for p in after.values() if p != ga} - old_las:
-            total += exchange_mb / 2 * weights[la][ga]
+            total += exchange_mb / 2 * weight(weights, la, ga)
     return total
 
 

@@ -178,7 +178,7 @@ class Orchestrator:
     last_round_sent: int | None = None
     config_model: str = ""
     iteration: int = 0
-    _misses: dict[str, int] = field(default_factory=dict)
+    _misses: dict[str, float] = field(default_factory=dict)
     _members: set[str] | None = None
     _mark: tuple[int, float] | None = None  # (round, measured cost) first seen under the plan
     _price_span: int = 0  # rounds the estimate of exchange_mb was measured over

@@ -242,15 +242,27 @@ def membership(before: set[str], after: set[str]) -> tuple[list[str], list[str]]
     return sorted(after - before), sorted(before - after)
 
 
-def failed(statuses: dict[str, dict], misses: dict[str, int], threshold: int = 2) -> list[str]:
-    """Services whose /status was unreachable `threshold` observations in a row.
+# A read that timed out counts this part of a miss: the service took the connection and is
+# busy (an LA with a thousand children mid-round answered /status after more than 3 s), while a
+# dead one refuses it at once; a hung one is still found, after this many times the reads.
+TIMEOUT_MISS = 1 / 3
+
+
+def failed(statuses: dict[str, dict], misses: dict[str, float], threshold: int = 2
+           ) -> list[str]:
+    """Services whose /status was unreachable `threshold` observations in a row (a timed-out
+    read counting TIMEOUT_MISS of one).
 
     `misses` is updated in place (the caller keeps it between iterations); one miss is not a
     failure because a service that is (re)starting does not answer yet.
     """
     for name, st in statuses.items():
-        misses[name] = misses.get(name, 0) + 1 if not st.get("reachable", True) else 0
-    return sorted(n for n, k in misses.items() if k >= threshold and n in statuses)
+        if st.get("reachable", True):
+            misses[name] = 0
+        else:
+            misses[name] = misses.get(name, 0) + (TIMEOUT_MISS if st.get("timed_out") else 1)
+    # Compared with a margin: three thirds add up to a hair under one.
+    return sorted(n for n, k in misses.items() if k >= threshold - 1e-9 and n in statuses)
 
 
 def stall(

@@ -78,3 +78,11 @@ def test_round_costs_from_results_lines():
     ]
     assert cost.round_costs_from_results(lines, W) == {1: pytest.approx(140),
                                                        2: pytest.approx(20)}
+
+
+def test_a_link_without_a_weight_costs_the_childs_dearest_known_link():
+    # Every LA gone: the clients go straight to the GA, which their cost maps do not price.
+    weights = {"c1": {"la1": 20, "la2": 60}, "c2": {"la1": 60, "la2": 20}, "la1": {"ga": 100}}
+    assert cost.round_cost({"c1": "ga", "c2": "ga"}, weights, "ga", 2, 1.0) == 120
+    assert cost.change_cost({"c1": "la1"}, {"c1": "ga"}, weights, 2.0, "ga") == 60
+    assert cost.weight({}, "c9", "ga") == 1.0

@@ -114,6 +114,15 @@ def test_failure_needs_consecutive_misses():
     assert policies.failed({"la1": {"reachable": True}}, misses) == []
 
 
+def test_a_busy_service_that_answers_late_is_not_taken_for_dead():
+    misses = {}
+    late = {"la1": {"reachable": False, "timed_out": True}}
+    assert [policies.failed(late, misses) for _ in range(5)] == [[]] * 5
+    assert policies.failed({"la1": {"reachable": True}}, misses) == []
+    # A hung one is found all the same, after three times the reads.
+    assert [policies.failed(late, misses) for _ in range(6)] == [[]] * 5 + [["la1"]]
+
+
 def test_stall_on_rising_loss():
     assert "loss rose" in policies.stall([0.5] * 7, [1.0, 0.9, 0.8, 0.85, 0.9, 0.95, 1.0, 1.1],
                                          window=4)
