@@ -671,7 +671,9 @@ class ParentLink:
         """One request/response: (status, content type, body, bytes sent, bytes received).
         A `body` given as pieces (frame_parts) is sent piece by piece, never joined. A frame
         answered with 200 comes back read (read_frame's (header, arrays)), any other body as
-        bytes; a frame that does not parse is a ValueError (the connection is closed)."""
+        bytes. A frame that ends early (the parent died while sending it) or does not parse is
+        a ParentUnavailable, as a broken connection is: the child retries, it does not die
+        (a pool of 500 virtual clients ended with its LA's death before)."""
         conn = self._connection(timeout)
         sent_before = conn.sent
         headers = {"Content-Type": content_type}
@@ -691,9 +693,9 @@ class ParentLink:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ParentUnavailable(f"{self.peer}: {exc or type(exc).__name__}") from None
-        except ValueError:
+        except ValueError as exc:
             self.close()  # the rest of the body is still unread
-            raise
+            raise ParentUnavailable(f"{self.peer}: unreadable frame: {exc}") from None
         return response.status, content_type, data, conn.sent - sent_before, response.counter.count
 
     def _request(

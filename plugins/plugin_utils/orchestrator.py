@@ -627,6 +627,11 @@ class Orchestrator:
               "plan_before": before if before is not None else dict(self.assignment),
               "plan_after": after if after is not None else dict(self.assignment),
               "cost": self.costs(), "accuracy": self.accuracy.get(rnd)}
+        # Why each service the trigger names as failed was: its last /status read's error.
+        down = [t.removeprefix("failure: ") for t in str(trigger).split("; ")
+                if t.startswith("failure: ")]
+        if down:
+            ev["unreachable"] = {n: (self._statuses.get(n) or {}).get("error") for n in down}
         ev.update({k: v for k, v in extra.items() if v is not None})
         return ev
 

@@ -20,6 +20,7 @@ from fl_service.strategy import build_driver
 from fl_service.transport import (
     EVALUATE,
     FINISHED,
+    FRAME_TYPE,
     TRAIN,
     LinkCounters,
     ParentLink,
@@ -29,6 +30,7 @@ from fl_service.transport import (
     client_context,
     decode_frame,
     encode_frame,
+    encode_task,
     error_update,
     evaluate_update,
     frame_parts,
@@ -269,6 +271,30 @@ def test_abort_breaks_a_blocked_poll(aggregator: Aggregator, monkeypatch) -> Non
     child.abort()
     thread.join(10)
     assert not thread.is_alive() and len(errors) == 1
+
+
+def test_a_parent_that_dies_while_sending_a_task_is_unavailable_not_fatal() -> None:
+    """The task frame breaks off mid-body (its LA was killed): the child is told its parent is
+    unavailable and retries; a ValueError here ended a pool of 500 virtual clients."""
+    frame = encode_task("t1", TRAIN, 1, 1, {}, MODEL)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def die_mid_frame() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + FRAME_TYPE.encode()
+                             + f"\r\nContent-Length: {len(frame)}\r\n\r\n".encode()
+                             + frame[:len(frame) // 2])
+
+        thread = threading.Thread(target=die_mid_frame)
+        thread.start()
+        child = ParentLink(server.getsockname(), "c1", "client", LinkCounters())
+        with pytest.raises(ParentUnavailable, match="frame"):
+            child.poll_task("")
+        thread.join(10)
 
 
 def test_unreachable_parent_raises_parent_unavailable() -> None:

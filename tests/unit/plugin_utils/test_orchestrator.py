@@ -81,7 +81,7 @@ class World:
         out = {}
         for n in names:
             if n in self.dead or (n.startswith("c") and n not in self.assignment):
-                out[n] = {"reachable": False}
+                out[n] = {"reachable": False, "error": "[Errno 111] Connection refused"}
                 continue
             # Read mid-round: part of the round in progress is already on the wire.
             b_now = {k: b + int(self.in_progress(self.round) * 2 * MB)
@@ -421,6 +421,7 @@ def test_a_dead_la_is_limited_away_and_its_clients_moved():
     moves, gone = w.rerouted[-1]  # told before placement made it last
     assert gone == {"ga": ["la2"]} and set(moves.values()) == {"la1"}
     assert w.events[-1]["trigger"] == "failure: la2" and w.events[-1]["action"] == "apply"
+    assert w.events[-1]["unreachable"] == {"la2": "[Errno 111] Connection refused"}
     assert o.pending is None  # a failure cannot be reverted, so it is not checked
 
 
