@@ -53,9 +53,11 @@ HEAD_LIMIT = 64 * 1024  # bytes of request headers (the request line has http.se
 IDLE_TIMEOUT_S = 60.0
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 # Connections (one handler thread each) open at once: every child holds one, so this is the most
-# children an aggregator can serve, with room for probes and the controller. Never above the
-# process's open-file limit less FD_RESERVE (files, libraries, the listening socket).
-MAX_CONNECTIONS = 1000
+# children an aggregator can serve, with room for probes and the controller (at 1000, an LA that
+# took 500 moved clients on top of its 500 refused the orchestrator's /status and was taken for
+# dead). The open-file limit is raised towards it (up to the hard limit); never above that limit
+# less FD_RESERVE (files, libraries, the listening socket).
+MAX_CONNECTIONS = 4096
 FD_RESERVE = 100
 _LENGTH = re.compile(r"[0-9]{1,19}")
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -294,6 +296,20 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
+def _raise_open_files(wanted: int) -> int:
+    """Raise this process's open-file soft limit to `wanted` where the hard limit allows (a
+    systemd service starts at 1024); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
 class ServiceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # server_close() must not wait for idle keep-alive connections
@@ -318,7 +334,7 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         self.links = links
         self.body_limits = dict(body_limits or {})
         self.idle_timeout_s = idle_timeout_s
-        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        open_files = _raise_open_files(max_connections + FD_RESERVE)
         if open_files != resource.RLIM_INFINITY:
             max_connections = min(max_connections, max(1, open_files - FD_RESERVE))
         self.max_connections = max_connections

@@ -4,7 +4,10 @@ bounded number of connections, and one log line per bad request."""
 
 import contextlib
 import logging
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -212,3 +215,22 @@ def test_a_failing_route_is_one_log_line_without_a_traceback(start, caplog) -> N
     [record] = [r for r in caplog.records if "/fail" in r.getMessage()]
     assert record.getMessage() == "POST /fail from 127.0.0.1 failed: RuntimeError: the route broke"
     assert record.exc_info is None
+
+
+def test_a_service_started_with_1024_open_files_raises_them_to_serve_thousands() -> None:
+    """systemd starts a service at 1024 open files (soft), which would cap an LA under its
+    thousand children: the server raises the soft limit towards its bound."""
+    script = (
+        "import resource\n"
+        "from fl_service.http_server import ServiceHTTPServer\n"
+        "from fl_service.transport import LinkCounters\n"
+        "server = ServiceHTTPServer('127.0.0.1', 0, {}, LinkCounters())\n"
+        "print(server.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4196:
+        pytest.skip(f"this machine's hard open-file limit is {hard}")
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    assert out.stdout.split() == ["4096", "4196"]
