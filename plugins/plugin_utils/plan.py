@@ -245,6 +245,7 @@ def hosts_left_out(topology, clients, running):
     of the ``running`` plan that left the inventory leaves with its pool's new config."""
     was_virtual = {c for s in running.get("services", []) for c in s.get("virtual_clients") or ()}
     pools = topology.pools
+    clients = set(clients)
     out = set()
     for name in clients:
         try:

@@ -161,7 +161,7 @@ class Topology:
     def clients(self):
         return [s for s in self.services if s.role == CLIENT]
 
-    @property
+    @cached_property
     def pools(self):
         """Client hosts with hfl_virtual_clients -> their virtual clients, in name order."""
         out = {}
