@@ -20,6 +20,9 @@ def finished(status: dict) -> bool:
 def test_client_killed_mid_round_closes_the_round_with_the_others(pipeline: Pipeline) -> None:
     ga = pipeline.add("ga", "ga", global_rounds=4, min_participants=2, round_timeout_s=3,
                       **TRAINING)
+    # The clients start once the GA answers: a client started earlier backs off between
+    # connection attempts, and the other two could finish all four rounds meanwhile.
+    pipeline.wait_for("ga", lambda s: True, "the GA's first answer")
     # The victim trains long enough to be caught mid-round.
     pipeline.add("client", "victim", parent=ga.address, partition_id=0, num_partitions=3,
                  local_epochs=400, **TRAINING)
