@@ -73,11 +73,29 @@ def _string_field(number: int, text: str) -> bytes:
     return _field(number, len(data)) + data
 
 
+# npy headers written (by dtype, shape, Fortran order) and read (by their bytes), and the heads
+# of ArrayRecord items, at most this many of each: a model's are the same every round.
+_HEADERS_MAX = 4096
+_WRITTEN_HEADERS: dict[tuple[np.dtype, tuple[int, ...], bool], bytes] = {}
+_ITEM_HEADS: dict[tuple[str, np.dtype, tuple[int, ...]], bytes] = {}
+
+
 def _array_record_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memoryview]:
-    """ArrayRecord{items: [Item{key: name, value: Array{dtype, shape, stype, data: npy}}]}."""
+    """ArrayRecord{items: [Item{key: name, value: Array{dtype, shape, stype, data: npy}}]}:
+    each item's head, then a view of its data."""
     parts: list[bytes | memoryview] = []
     for name, array in arrays.items():
         array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+        parts += [_item_head(name, array), memoryview(array.reshape(-1)).cast("B")]
+    return parts
+
+
+def _item_head(name: str, array: np.ndarray) -> bytes:
+    """Everything of an ArrayRecord item before its array's data (C order): the same for a
+    model's arrays every round, so kept, as the npy headers are."""
+    key = (name, array.dtype, array.shape)
+    head = _ITEM_HEADS.get(key)
+    if head is None:
         npy = npy_header(array)
         shape = b"".join(_varint(dim) for dim in array.shape)
         array_head = (
@@ -88,22 +106,31 @@ def _array_record_parts(arrays: Mapping[str, np.ndarray]) -> list[bytes | memory
             + npy
         )
         item_head = _string_field(1, name) + _field(2, len(array_head) + array.nbytes)
-        parts += [_field(1, len(item_head) + len(array_head) + array.nbytes), item_head,
-                  array_head, memoryview(array.reshape(-1)).cast("B")]
-    return parts
+        head = (_field(1, len(item_head) + len(array_head) + array.nbytes) + item_head
+                + array_head)
+        if len(_ITEM_HEADS) < _HEADERS_MAX:
+            _ITEM_HEADS[key] = head
+    return head
 
 
 def npy_header(array: np.ndarray) -> bytes:
-    """The np.save (format 1.0) header of `array`."""
-    out = io.BytesIO()
-    npy_format.write_array_header_1_0(out, npy_format.header_data_from_array_1_0(array))
-    return out.getvalue()
+    """The np.save (format 1.0) header of `array`. numpy builds each one from a repr of a dict
+    (~5 us); a model's headers are the same every round, so they are kept by (dtype, shape,
+    order): a virtual client writes 24 a task (its Message, its reply, its update)."""
+    key = (array.dtype, array.shape, not array.flags.c_contiguous and array.flags.f_contiguous)
+    head = _WRITTEN_HEADERS.get(key)
+    if head is None:
+        out = io.BytesIO()
+        npy_format.write_array_header_1_0(out, npy_format.header_data_from_array_1_0(array))
+        head = out.getvalue()
+        if len(_WRITTEN_HEADERS) < _HEADERS_MAX:
+            _WRITTEN_HEADERS[key] = head
+    return head
 
 
 # Parsed npy headers by their bytes. numpy parses each header with ast.literal_eval (~0.1 ms);
 # a model's headers are the same every round, so after the first round this is a dict lookup.
 _HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
-_HEADERS_MAX = 4096
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -143,6 +170,8 @@ def npy_view(data: bytes) -> np.ndarray:
 
 # Array data below this size is joined with the heads around it rather than sent on its own.
 _SMALL_PIECE = 64 << 10
+# A frame (a task) up to this size is read in one call (read_frame).
+_READ_WHOLE = 1 << 20
 
 
 def frame_parts(
@@ -182,8 +211,13 @@ def decode_frame(frame: bytes) -> tuple[dict[str, Any], Arrays | None]:
 
 def read_frame(read: Callable[[int], bytes], length: int) -> tuple[dict[str, Any], Arrays | None]:
     """decode_frame of a frame of `length` bytes still to be read with `read(n)` (an HTTP
-    response): each array's npy bytes are read into their own bytes object, the one copy
-    the model makes on its way in (a Flower Array holds its data as bytes)."""
+    response): each array's npy bytes are their own bytes object, which a Flower Array holds
+    as it is. A frame up to _READ_WHOLE bytes is read in one call and cut up in memory (one
+    read call per tag and length is most of a small frame's reading, and a pool's clients
+    read theirs while another trains); a larger one is read field by field, each array's
+    npy bytes straight off the socket, the one copy the model makes on its way in."""
+    if length <= _READ_WHOLE:
+        return _read_frame(_Buffer(read(length), copies=True), length)
     return _read_frame(_Stream(read), length)
 
 
@@ -224,13 +258,14 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
 class _Buffer:
-    """Frame bytes in memory; what is taken is a view of them."""
+    """Frame bytes in memory; what is taken is a view of them, or with `copies` a bytes copy
+    of its part (for an array's npy bytes, an object of its own, as a _Stream's are)."""
 
-    def __init__(self, data: bytes) -> None:
-        self.buf = memoryview(data)
+    def __init__(self, data: bytes, copies: bool = False) -> None:
+        self.buf = data if copies else memoryview(data)  # slices of bytes are copies
         self.pos = 0
 
-    def take(self, n: int) -> memoryview:
+    def take(self, n: int) -> memoryview | bytes:
         if n > len(self.buf) - self.pos:
             raise ValueError("frame ends inside a field")
         self.pos += n
@@ -253,8 +288,11 @@ class _Stream:
 
 
 def _read_varint(src: _Buffer | _Stream) -> int:
-    value = 0
-    for shift in range(0, 64, 7):
+    byte = src.take(1)[0]
+    if not byte & 0x80:  # tags and most lengths of a frame: one byte
+        return byte
+    value = byte & 0x7F
+    for shift in range(7, 64, 7):
         byte = src.take(1)[0]
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:

@@ -6,6 +6,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -77,6 +78,23 @@ def test_the_model_travels_as_flowers_own_array_record_bytes() -> None:
         ArrayRecord(state_dict)).SerializeToString()
 
 
+def test_arrays_of_one_name_and_shape_in_other_dtypes_or_orders_are_written_as_they_are() -> None:
+    """Item heads and npy headers are kept from frame to frame: one kept for an array must
+    never be written for another of the same name and shape."""
+    from flwr.app import Array, ArrayRecord
+    from flwr.common.serde import array_record_to_proto
+
+    values = np.arange(6).reshape(2, 3)
+    for array in (values.astype("<f4"), values.astype(">f4"), values.astype(np.int16),
+                  np.asfortranarray(values.astype("<f4")), values.astype("<f4").T):
+        frame = encode_frame({}, {"w": array})
+        flower = array_record_to_proto(ArrayRecord({"w": Array(np.ascontiguousarray(array))}))
+        assert frame[6:] == flower.SerializeToString()
+        _, arrays = decode_frame(frame)
+        assert arrays["w"].dtype == array.dtype and arrays["w"].shape == array.shape
+        np.testing.assert_array_equal(arrays["w"], array)
+
+
 def test_task_header_and_update_headers() -> None:
     from fl_service.transport import encode_task
 
@@ -112,10 +130,17 @@ def test_bad_update_headers_are_invalid_with_a_reason(header, arrays, reason) ->
 
 
 def read_from_stream(frame: bytes) -> tuple:
+    """As a child reads a task: a frame this small in one read call."""
     return read_frame(io.BytesIO(frame).read, len(frame))
 
 
-READERS = [decode_frame, read_from_stream]
+def read_field_by_field(frame: bytes) -> tuple:
+    """As a child reads a task over _READ_WHOLE bytes."""
+    with mock.patch.object(transport, "_READ_WHOLE", 0):
+        return read_frame(io.BytesIO(frame).read, len(frame))
+
+
+READERS = [decode_frame, read_from_stream, read_field_by_field]
 
 
 def field(number: int, payload: bytes) -> bytes:
@@ -142,9 +167,10 @@ def test_a_frame_in_memory_is_read_as_views_of_it_and_a_streamed_one_once() -> N
     frame = encode_frame({}, MODEL)
     _, in_memory = decode_frame(frame)
     assert all(np.shares_memory(a, np.frombuffer(frame, np.uint8)) for a in in_memory.values())
-    _, streamed = read_from_stream(frame)
-    assert all(type(a.base.base) is bytes for a in streamed.values())  # npy bytes of its own
-    assert all(np.array_equal(streamed[k], MODEL[k]) for k in MODEL)
+    for read in (read_from_stream, read_field_by_field):
+        _, streamed = read(frame)
+        assert all(type(a.base.base) is bytes for a in streamed.values())  # npy bytes of its own
+        assert all(np.array_equal(streamed[k], MODEL[k]) for k in MODEL)
 
 
 @pytest.mark.parametrize("read", READERS)
