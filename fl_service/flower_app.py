@@ -37,6 +37,7 @@ Copies: a received array is a read-only view of the npy bytes the frame carried,
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -165,8 +166,16 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def array_from_numpy(array: np.ndarray) -> Array:
     """An npy-typed Flower Array of `array`, in one copy (Array.from_numpy_ndarray makes two)."""
-    return Array(dtype=str(array.dtype), shape=tuple(int(d) for d in array.shape),
-                 stype=NPY_STYPE, data=npy_bytes(array))
+    return _npy_array(array, npy_bytes(array))
+
+
+# numpy's dtype.__str__ is Python code (~4 us), called for every array of every task.
+_dtype_name = functools.lru_cache(maxsize=256)(str)
+
+
+def _npy_array(array: np.ndarray, data: bytes) -> Array:
+    """The npy-typed Flower Array of `array` whose np.save bytes are `data`."""
+    return Array(_dtype_name(array.dtype), tuple(int(d) for d in array.shape), NPY_STYPE, data)
 
 
 def ndarray_view(array: Array) -> np.ndarray:
@@ -206,8 +215,7 @@ def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
         payload = _npy_payload(array)
         if payload is None:
             payload = npy_bytes(array)
-        record[key] = Array(dtype=str(array.dtype), shape=tuple(array.shape),
-                            stype=NPY_STYPE, data=payload)
+        record[key] = _npy_array(array, payload)
     return record
 
 

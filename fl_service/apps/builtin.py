@@ -150,17 +150,23 @@ def _test_slice(cfg: dict[str, Any], test_set: Any) -> Subset:
 
 
 def _load(model: nn.Module, arrays: ArrayRecord) -> None:
-    names = list(model.state_dict())
+    """Copy `arrays` into the model's parameters and buffers in place: what load_state_dict
+    does for names that match exactly, without its per-module walk (a quarter of a
+    millisecond for the digits model, a task of each of a pool's clients)."""
+    state = model.state_dict()  # detached tensors sharing the model's storage
     keys = list(arrays.keys())
-    if keys != names and keys != [str(i) for i in range(len(names))]:
+    if keys != list(state) and keys != [str(i) for i in range(len(state))]:
         raise ValueError(f"arrays do not match the model: got {len(keys)} arrays "
-                         f"({', '.join(keys[:3])}...), the model has {len(names)}")
-    with warnings.catch_warnings():
-        # A tensor over read-only bytes is only read, by load_state_dict's copy.
+                         f"({', '.join(keys[:3])}...), the model has {len(state)}")
+    with warnings.catch_warnings(), torch.no_grad():
+        # A tensor over read-only bytes is only read, by the copy.
         warnings.simplefilter("ignore", UserWarning)
-        tensors = {name: torch.from_numpy(ndarray_view(arrays[key]))
-                   for name, key in zip(names, keys, strict=True)}
-    model.load_state_dict(tensors)
+        for (name, target), key in zip(state.items(), keys, strict=True):
+            source = ndarray_view(arrays[key])
+            if source.shape != tuple(target.shape):
+                raise ValueError(f"array {key} has shape {list(source.shape)}, the model's "
+                                 f"{name} {list(target.shape)}")
+            target.copy_(torch.from_numpy(source))
 
 
 def _arrays(model: nn.Module) -> ArrayRecord:

@@ -316,3 +316,43 @@ def test_builtin_app_runs_an_old_style_task_module(tmp_path, monkeypatch):
     assert update["num_examples"] == 20 and list(out) == ["1.weight", "1.bias"]
     with pytest.raises(ValueError, match="task: cannot import"):
         ClientRunner({**BASE, "task": "no_such_task_module"})
+
+
+def test_builtin_app_loads_every_array_it_is_sent_and_names_one_of_the_wrong_shape(
+    tmp_path, monkeypatch,
+):
+    from fl_service.apps import builtin
+
+    (tmp_path / "norm_task.py").write_text(textwrap.dedent("""\
+        import torch
+        from torch.utils.data import TensorDataset
+        from fl_service.tasks.supervised import test, train
+
+        def load_model(cfg):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(4),
+                                       torch.nn.Linear(4, 2))
+
+        def load_data(cfg):
+            x = torch.randn(8, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+            data = TensorDataset(x, (x.sum(dim=(1, 2, 3)) > 0).long())
+            return data, data
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(builtin, "_local", {})
+    runner = ClientRunner({**BASE, "task": "norm_task", "batch_size": 4})
+    rng = np.random.default_rng(0)
+    sent = {"1.weight": rng.random(4, np.float32), "1.bias": rng.random(4, np.float32),
+            "1.running_mean": rng.random(4, np.float32),
+            "1.running_var": rng.random(4, np.float32) + 1,
+            "1.num_batches_tracked": np.array(7, np.int64),
+            "2.weight": rng.random((2, 4), np.float32), "2.bias": rng.random(2, np.float32)}
+    update, _ = runner.handle(task("e1", "evaluate"), sent)  # evaluation changes no state
+    assert "error" not in update
+    held = builtin.prepare(runner.context).model.state_dict()
+    assert list(held) == list(sent)
+    for name, array in sent.items():
+        assert held[name].dtype == torch.from_numpy(array).dtype
+        np.testing.assert_array_equal(held[name].numpy(), array)
+    update, _ = runner.handle(task("e2", "evaluate"),
+                              {**sent, "2.weight": np.zeros((4, 2), np.float32)})
+    assert "2.weight" in update["error"] and "[4, 2]" in update["error"]
