@@ -332,7 +332,12 @@ def _array_record(src: _Buffer | _Stream, end: int) -> Iterator[tuple[str, str, 
         if number != 1:
             src.take(length)
             continue
-        key, stype, data = "", "", b""
+        known = _known_item(src, length) if isinstance(src, _Buffer) else None
+        if known is not None:
+            yield known
+            continue
+        start = src.pos
+        key, stype, data, data_at = "", "", b"", -1
         for item_field, item_length in _fields(src, src.pos + length):
             if item_field == 1:
                 key = str(src.take(item_length), "utf-8")
@@ -341,12 +346,46 @@ def _array_record(src: _Buffer | _Stream, end: int) -> Iterator[tuple[str, str, 
                     if array_field == 3:
                         stype = str(src.take(array_length), "utf-8")
                     elif array_field == 4:
+                        data_at = src.pos
                         data = src.take(array_length)
                     else:
                         src.take(array_length)  # dtype and shape: the npy header says them
             else:
                 src.take(item_length)
+        if isinstance(src, _Buffer) and data_at + len(data) == start + length:
+            _remember_item(bytes(src.buf[start:data_at]), length, key, stype)
         yield key, stype, data
+
+
+# Items read before, by their length: (the bytes before their data, key, stype). An item whose
+# data ends it (as every item our writer and Flower's write) and that begins with the same
+# bytes as one read before is the same key and stype: its fields are not parsed again, which
+# was most of reading a frame (a read call or a slice per tag and length; a quarter of an LA's
+# CPU with 1000 children). Only frames in memory are matched: a stream cannot look ahead.
+_ITEMS_READ: dict[int, list[tuple[bytes, str, str]]] = {}
+_ITEM_HEAD_MAX = 512
+_SAME_LENGTH_MAX = 4
+
+
+def _known_item(src: _Buffer, length: int) -> tuple[str, str, Any] | None:
+    for head, key, stype in _ITEMS_READ.get(length, ()):
+        if src.buf[src.pos:src.pos + len(head)] == head:
+            src.pos += len(head)
+            return key, stype, src.take(length - len(head))
+    return None
+
+
+def _remember_item(head: bytes, length: int, key: str, stype: str) -> None:
+    # Bounded whatever frames come: heads of _ITEM_HEAD_MAX bytes at most (a model's are
+    # about 250), up to _SAME_LENGTH_MAX of each length, _HEADERS_MAX lengths.
+    if len(head) > _ITEM_HEAD_MAX:
+        return
+    same_length = _ITEMS_READ.get(length)
+    if same_length is None:
+        if len(_ITEMS_READ) < _HEADERS_MAX:
+            _ITEMS_READ[length] = [(head, key, stype)]
+    elif len(same_length) < _SAME_LENGTH_MAX:
+        same_length.append((head, key, stype))
 
 
 # ---------------------------------------------------------------- link byte counters

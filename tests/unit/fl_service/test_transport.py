@@ -173,6 +173,19 @@ def test_a_frame_in_memory_is_read_as_views_of_it_and_a_streamed_one_once() -> N
         assert all(np.array_equal(streamed[k], MODEL[k]) for k in MODEL)
 
 
+def test_an_item_read_before_is_known_again_only_by_all_the_bytes_before_its_data() -> None:
+    # Items of one length: names "a" and "b", int32 (4,) and uint8 (16,).
+    variants = {"a": np.arange(4, dtype=np.int32), "b": np.arange(16, dtype=np.uint8)}
+    frames = {name: encode_frame({}, {name: v}) for name, v in variants.items()}
+    assert len(frames["a"]) == len(frames["b"])
+    for _ in range(2):
+        for name, frame in frames.items():
+            for read in READERS:
+                _, arrays = read(frame)
+                assert list(arrays) == [name] and arrays[name].dtype == variants[name].dtype
+                np.testing.assert_array_equal(arrays[name], variants[name])
+
+
 @pytest.mark.parametrize("read", READERS)
 @pytest.mark.parametrize("frame", [
     b"", b"\x00\x00", b"\x00\x00\x00\xffabc", b"\x00\x00\x00\x02[]",
