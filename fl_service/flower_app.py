@@ -46,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import (
@@ -57,6 +57,7 @@ from flwr.app import (
     Context,
     Message,
     Metadata,
+    MetricRecord,
     RecordDict,
 )
 from flwr.clientapp import ClientApp
@@ -274,7 +275,7 @@ class ClientRunner:
             torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
 
     def histogram(self) -> dict[str, int] | None:
-        record = self.context.state.metric_records.get(STATE_HISTOGRAM)
+        record = state_record(self.context.state, STATE_HISTOGRAM, MetricRecord)
         if record is None:
             return None
         return {str(label): int(count) for label, count in record.items()}
@@ -294,7 +295,8 @@ class ClientRunner:
             return error_update(task_id, f"unknown task type {kind!r}"), None
         names = list(arrays or {})
         message = self._message(header, kind, arrays or {})
-        self.context.state.metric_records.pop(STATE_TIMING, None)
+        if state_record(self.context.state, STATE_TIMING, MetricRecord) is not None:
+            del self.context.state[STATE_TIMING]
         start = time.perf_counter()
         try:
             reply = self.app(message, self.context)
@@ -307,7 +309,7 @@ class ClientRunner:
         num_examples = metrics[NUM_EXAMPLES]
         if kind == EVALUATE:
             return evaluate_update(task_id, num_examples, metrics), None
-        timing = self.context.state.metric_records.get(STATE_TIMING)
+        timing = state_record(self.context.state, STATE_TIMING, MetricRecord)
         train_time = float(timing["train_time_s"]) if timing else app_time
         return train_update(task_id, num_examples, metrics, self.histogram(), train_time), out
 
@@ -339,11 +341,29 @@ class ClientRunner:
         if self.legacy:
             return _read_legacy(reply.content, kind, names)
         content = reply.content
-        metrics = _metrics(_pick(content.metric_records, "metrics", "MetricRecord", kind))
+        metrics = _metrics(_pick(records_of(content, MetricRecord), "metrics", "MetricRecord",
+                                 kind))
         if kind == EVALUATE:
             return metrics, None
-        record = _pick(content.array_records, "arrays", "ArrayRecord", kind)
+        record = _pick(records_of(content, ArrayRecord), "arrays", "ArrayRecord", kind)
         return metrics, record_arrays(record)
+
+
+R = TypeVar("R")
+
+
+# Records of one kind are read from a RecordDict directly, never through its
+# metric_records / array_records views: each access of one builds a view that sets every
+# record of its kind back into the dict (five a task were a tenth of a millisecond).
+def records_of(records: RecordDict, kind: type[R]) -> dict[str, R]:
+    """The records of `records` of type `kind`, by key."""
+    return {key: record for key, record in records.items() if isinstance(record, kind)}
+
+
+def state_record(records: RecordDict, key: str, kind: type[R]) -> R | None:
+    """The record under `key` if it is of type `kind`, else None."""
+    record = records.get(key)
+    return record if isinstance(record, kind) else None
 
 
 def _first_line(text: str | None) -> str:

@@ -25,6 +25,7 @@ report; neither travels in the reply.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import warnings
@@ -43,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fl_service.apps import STATE_HISTOGRAM, STATE_TIMING
 from fl_service.datasets import class_histogram, dataset_labels, make_loader
 from fl_service.device import pick_device
-from fl_service.flower_app import array_from_numpy, ndarray_view
+from fl_service.flower_app import array_from_numpy, ndarray_view, state_record
 from fl_service.partition import client_partition, parse_label_slices
 from fl_service.task_loader import load_task
 
@@ -82,6 +83,7 @@ class Local:
     histogram: dict[str, int]
     test_loader: DataLoader
     test_examples: int
+    loads_in_place: bool  # _state_is_its_own(model)
 
 
 _local: dict[tuple, Local] = {}
@@ -106,7 +108,7 @@ def prepare(context: Context) -> Local:
     local = _local.get(key)
     if local is None:
         local = _local[key] = _build(cfg)
-    if STATE_HISTOGRAM not in context.state.metric_records:
+    if state_record(context.state, STATE_HISTOGRAM, MetricRecord) is None:
         context.state[STATE_HISTOGRAM] = MetricRecord(dict(local.histogram))
     return local
 
@@ -125,6 +127,7 @@ def _build(cfg: dict[str, Any]) -> Local:
         train_loader=make_loader(partition, cfg, shuffle=True), train_examples=len(partition),
         histogram={str(k): int(v) for k, v in class_histogram(partition).items()},
         test_loader=make_loader(test_part, cfg, shuffle=False), test_examples=len(test_part),
+        loads_in_place=_state_is_its_own(model),
     )
 
 
@@ -149,24 +152,39 @@ def _test_slice(cfg: dict[str, Any], test_set: Any) -> Subset:
     return part if len(part) else Subset(test_set, list(range(len(test_set))))
 
 
-def _load(model: nn.Module, arrays: ArrayRecord) -> None:
-    """Copy `arrays` into the model's parameters and buffers in place: what load_state_dict
-    does for names that match exactly, without its per-module walk (a quarter of a
-    millisecond for the digits model, a task of each of a pool's clients)."""
-    state = model.state_dict()  # detached tensors sharing the model's storage
+def _state_is_its_own(model: nn.Module) -> bool:
+    """Whether each state_dict entry is one of the model's parameters or buffers, as torch's
+    modules keep them, so that copying into it loads the model. A module that computes its
+    state when saved (quantized ones, say) is loaded by load_state_dict."""
+    own = {(t.data_ptr(), t.shape) for t in itertools.chain(model.parameters(), model.buffers())}
+    return all(isinstance(t, torch.Tensor) and (t.data_ptr(), t.shape) in own
+               for t in model.state_dict().values())
+
+
+def _load(local: Local, arrays: ArrayRecord) -> None:
+    """Load `arrays` into the model: copied into its parameters and buffers in place where
+    they are its whole state, which is what load_state_dict does for names that match exactly
+    without its per-module walk (a quarter of a millisecond for the digits model, a task of
+    each of a pool's clients)."""
+    state = local.model.state_dict()  # detached tensors sharing the model's storage
     keys = list(arrays.keys())
     if keys != list(state) and keys != [str(i) for i in range(len(state))]:
         raise ValueError(f"arrays do not match the model: got {len(keys)} arrays "
                          f"({', '.join(keys[:3])}...), the model has {len(state)}")
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings():
         # A tensor over read-only bytes is only read, by the copy.
         warnings.simplefilter("ignore", UserWarning)
-        for (name, target), key in zip(state.items(), keys, strict=True):
-            source = ndarray_view(arrays[key])
-            if source.shape != tuple(target.shape):
-                raise ValueError(f"array {key} has shape {list(source.shape)}, the model's "
-                                 f"{name} {list(target.shape)}")
-            target.copy_(torch.from_numpy(source))
+        sources = {name: torch.from_numpy(ndarray_view(arrays[key]))
+                   for name, key in zip(state, keys, strict=True)}
+    if not local.loads_in_place:
+        local.model.load_state_dict(sources)
+        return
+    with torch.no_grad():
+        for name, target in state.items():
+            if sources[name].shape != target.shape:
+                raise ValueError(f"array {name} has shape {list(sources[name].shape)}, the "
+                                 f"model's {list(target.shape)}")
+            target.copy_(sources[name])
 
 
 def _arrays(model: nn.Module) -> ArrayRecord:
@@ -179,7 +197,7 @@ def _arrays(model: nn.Module) -> ArrayRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     local = prepare(context)
-    _load(local.model, msg.content["arrays"])
+    _load(local, msg.content["arrays"])
     start = time.perf_counter()
     result = local.task.train(local.model, local.train_loader, local.cfg, local.device)
     context.state[STATE_TIMING] = MetricRecord({"train_time_s": time.perf_counter() - start})
@@ -191,7 +209,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     local = prepare(context)
-    _load(local.model, msg.content["arrays"])
+    _load(local, msg.content["arrays"])
     loss, accuracy = local.task.test(local.model, local.test_loader, local.cfg, local.device)
     metrics = MetricRecord({"loss": float(loss), "accuracy": float(accuracy),
                             "num-examples": local.test_examples})

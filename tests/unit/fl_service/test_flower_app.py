@@ -356,3 +356,32 @@ def test_builtin_app_loads_every_array_it_is_sent_and_names_one_of_the_wrong_sha
     update, _ = runner.handle(task("e2", "evaluate"),
                               {**sent, "2.weight": np.zeros((4, 2), np.float32)})
     assert "2.weight" in update["error"] and "[4, 2]" in update["error"]
+
+
+class SavesDoubled(torch.nn.Module):
+    """A module whose saved state is computed (as quantized modules' is), not its parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "w"] = self.w.detach() * 2
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        with torch.no_grad():
+            self.w.copy_(state_dict[prefix + "w"] / 2)
+
+
+def test_builtin_app_loads_a_model_that_computes_its_state_through_load_state_dict():
+    from types import SimpleNamespace
+
+    from fl_service.apps import builtin
+
+    assert builtin._state_is_its_own(torch.nn.Sequential(torch.nn.Linear(2, 2),
+                                                         torch.nn.BatchNorm1d(2)))
+    model = SavesDoubled()
+    assert not builtin._state_is_its_own(model)
+    local = SimpleNamespace(model=model, loads_in_place=False)
+    builtin._load(local, array_record({"w": np.array([2.0, 4.0], np.float32)}))
+    np.testing.assert_array_equal(model.w.detach().numpy(), [1.0, 2.0])
