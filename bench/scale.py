@@ -6,9 +6,12 @@
   many virtual clients (`virtual_clients`), all of them the LA's children. Framework overhead per
   local round = the LA's round wall time minus the training time of its clients (the pool trains
   one at a time, `threads` 1, so their summed training time is the time training took); median
-  over the steady rounds. Also the GA's, the LA's and the pool's CPU seconds per round and
-  memory not shared (USS: Private_Clean + Private_Dirty of /proc/<pid>/smaps_rollup), and the
-  pool's memory per virtual client (the slope between the smallest and largest pool).
+  over the steady rounds. The pool runs on one CPU and the GA and LA on the others
+  (`pool_cpu_apart`: steadier from run to run); the largest pool is measured once more with
+  its threads free to move between CPUs, as the OS places them. Also the GA's, the LA's and the
+  pool's CPU seconds per round and memory not shared (USS: Private_Clean + Private_Dirty of
+  /proc/<pid>/smaps_rollup), and the pool's memory per virtual client (the slope between the
+  smallest and largest pool).
 - LAs per GA = 2, 10, 50 (bench/overhead_task.py: the ~1M-parameter CIFAR-10 CNN, one SGD step
   on random images): GA + that many LA processes, each with one virtual client of one pool.
   Overhead per global round = the GA's round wall time minus the pool's summed training time.
@@ -25,6 +28,7 @@ round at 1M params; <= 5 MB per virtual client; observe + decide <= 2 s and vali
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -137,7 +141,28 @@ def measure(fleet: Fleet, ga_port: int, rounds: int) -> dict[str, dict[str, floa
                 "uss_mb": after[n][1]} for n in after}
 
 
-def clients_per_la(root: Path, n: int, rounds: int) -> dict:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep every thread of process `pid` on `cpus` (os.sched_setaffinity sets one thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pool_cpu_apart(fleet: Fleet) -> None:
+    """The pool on one CPU, the GA and LA on the others. A pool's threads take turns under one
+    GIL; left to float, they move between cores and share them with the LA (the pool's CPU a
+    task was 5.2 ms floating, 3.4 ms pinned, at 300 clients), and its overhead at 1000 varied
+    from 1.7 to 2.5 s from run to run against 1.72-1.78 s pinned. On a fleet each client is a
+    machine of its own."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return
+    pin(fleet.pids["v"], {cpus[0]})
+    for name in ("ga", "la0"):
+        pin(fleet.pids[name], set(cpus[1:]))
+
+
+def clients_per_la(root: Path, n: int, rounds: int, apart: bool = True) -> dict:
     fleet = Fleet(root / f"clients_{n}")
     try:
         ga = fleet.add(GA, "ga", global_rounds=rounds, min_participants=1,
@@ -145,6 +170,11 @@ def clients_per_la(root: Path, n: int, rounds: int) -> dict:
         la = fleet.add(LA, "la0", parent=f"127.0.0.1:{ga}", local_rounds=1, min_participants=n,
                        round_timeout_s=TIMEOUT_S, **DIGITS)
         fleet.pool("v", [la] * n, **DIGITS)
+        if apart:
+            # Once round 1 is on, every thread the pool and the LA start from then on are
+            # started by threads pinned here.
+            ro.wait_status(ga, fleet, TIMEOUT_S, lambda s: s["global_round"] >= 1)
+            pool_cpu_apart(fleet)
         used = measure(fleet, ga, rounds)
         la_lines = ro.read_results(fleet.root / "la0" / "results.jsonl")
         trained = member_training(ro.read_results(fleet.root / "v" / "results.jsonl"))
@@ -330,6 +360,10 @@ def main() -> None:
                   f"{u['la0']['cpu_s_per_round']:.2f} pool {u['v']['cpu_s_per_round']:.2f}; "
                   f"USS MB GA {u['ga']['uss_mb']:.0f} LA {u['la0']['uss_mb']:.0f} pool "
                   f"{u['v']['uss_mb']:.0f}", flush=True)
+        floating = clients_per_la(root / "floating", clients[-1], rounds, apart=False)
+        print(f"{clients[-1]:5d} clients under one LA, the pool's threads free to move between "
+              f"CPUs: overhead {floating['overhead_s']:.3f} s per local round; pool CPU "
+              f"{floating['usage']['v']['cpu_s_per_round']:.2f} s/round", flush=True)
         per_ga = {}
         for m in las:
             per_ga[m] = las_per_ga(root, m, rounds)
@@ -354,6 +388,8 @@ def main() -> None:
     per_client = ((per_la[big]["usage"]["v"]["uss_mb"] - per_la[small]["usage"]["v"]["uss_mb"])
                   / (big - small))
     out = {f"overhead_s_{n}_clients_per_la": round(per_la[n]["overhead_s"], 4) for n in clients}
+    out[f"overhead_s_{clients[-1]}_clients_per_la_pool_floating"] = round(
+        floating["overhead_s"], 4)
     out |= {f"overhead_s_{m}_las_per_ga": round(per_ga[m]["overhead_s"], 4) for m in las}
     for n in clients:
         for name, label in (("ga", "ga"), ("la0", "la"), ("v", "pool")):
