@@ -7,11 +7,11 @@
   local round = the LA's round wall time minus the training time of its clients (the pool trains
   one at a time, `threads` 1, so their summed training time is the time training took); median
   over the steady rounds. The pool runs on one CPU and the GA and LA on the others
-  (`pool_cpu_apart`: steadier from run to run); the largest pool is measured once more with
-  its threads free to move between CPUs, as the OS places them. Also the GA's, the LA's and the
-  pool's CPU seconds per round and memory not shared (USS: Private_Clean + Private_Dirty of
-  /proc/<pid>/smaps_rollup), and the pool's memory per virtual client (the slope between the
-  smallest and largest pool).
+  (`pool_cpu_apart`: steadier from run to run, not lower); the largest pool is measured once
+  more with its threads free to move between CPUs, as the OS places them. Also the GA's, the
+  LA's and the pool's CPU seconds per round and memory not shared (USS: Private_Clean +
+  Private_Dirty of /proc/<pid>/smaps_rollup), and the pool's memory per virtual client (the
+  slope between the smallest and largest pool).
 - LAs per GA = 2, 10, 50 (bench/overhead_task.py: the ~1M-parameter CIFAR-10 CNN, one SGD step
   on random images): GA + that many LA processes, each with one virtual client of one pool.
   Overhead per global round = the GA's round wall time minus the pool's summed training time.
@@ -149,11 +149,11 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 
 def pool_cpu_apart(fleet: Fleet) -> None:
-    """The pool on one CPU, the GA and LA on the others. A pool's threads take turns under one
-    GIL; left to float, they move between cores and share them with the LA (the pool's CPU a
-    task was 5.2 ms floating, 3.4 ms pinned, at 300 clients), and its overhead at 1000 varied
-    from 1.7 to 2.5 s from run to run against 1.72-1.78 s pinned. On a fleet each client is a
-    machine of its own."""
+    """The pool on one CPU, the GA and LA on the others, as on a fleet, where each client is
+    a machine of its own. A pool's threads take turns under one GIL; left to float, they
+    move between cores and share them with the LA: the pool's CPU a task was 5.2 ms floating
+    against 3.4 ms pinned (300 clients), and the overhead at 1000 varied from 1.67 to 2.52 s
+    over four runs floating against 1.72 to 1.82 s pinned. Steadier, not lower."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return
