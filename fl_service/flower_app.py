@@ -90,6 +90,7 @@ BUILTIN_CLIENT_APP = "fl_service.apps.builtin:app"
 NPY_STYPE = "numpy.ndarray"  # flwr.common.constant.SType.NUMPY
 RUN_ID = 1  # one run per pipeline as far as the app can tell
 ERROR_CHARS = 300
+R = TypeVar("R")  # a record type
 
 
 # ---------------------------------------------------------------- loading
@@ -347,9 +348,6 @@ class ClientRunner:
             return metrics, None
         record = _pick(records_of(content, ArrayRecord), "arrays", "ArrayRecord", kind)
         return metrics, record_arrays(record)
-
-
-R = TypeVar("R")
 
 
 # Records of one kind are read from a RecordDict directly, never through its
