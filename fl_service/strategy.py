@@ -60,6 +60,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fl_service.aggregation import Arrays, FedAvgAccumulator, cast_like, validate_update
 from fl_service.config import ConfigError
+from fl_service.flower_app import records_of
 from fl_service.imports import load_object
 
 log = logging.getLogger("fl_service.strategy")
@@ -359,10 +360,10 @@ class StrategyDriver:
         if not messages:
             return arrays, _json_config(config_rec)
         content = messages[0].content
-        configs = list(content.config_records.values())
+        configs = list(records_of(content, ConfigRecord).values())
         out_config = _json_config(configs[0]) if configs else dict(config)
         sent = arrays
-        records = list(content.array_records.values())
+        records = list(records_of(content, ArrayRecord).values())
         if not fast and records and records[0] is not record:
             sent = cast_like(arrays, _from_record(records[0]))
         return sent, out_config
