@@ -31,6 +31,7 @@ import json
 import logging
 import re
 import resource
+import socketserver
 import ssl
 import sys
 import threading
@@ -344,6 +345,13 @@ class ServiceHTTPServer(ThreadingHTTPServer):
             # Handshake in the request thread, not in accept(): a slow peer must not block others.
             self.socket = tls.wrap_socket(self.socket, server_side=True,
                                           do_handshake_on_connect=False)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own looks up the bound address's name (reverse DNS), which nothing here
+        # reads: where no resolver answers (a container, an offline fleet) that held every
+        # start, and so every restart after a crash, for 10 s.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def body_limit(self, method: str, path: str) -> int:
         limit = self.body_limits.get((method, path))

@@ -217,6 +217,25 @@ def test_a_failing_route_is_one_log_line_without_a_traceback(start, caplog) -> N
     assert record.exc_info is None
 
 
+def test_starting_looks_up_no_name_a_missing_resolver_would_hold_it_on(monkeypatch) -> None:
+    # In a container without a reachable DNS server a name lookup waits out the resolver's
+    # timeouts (10 s measured) before the service answers, after every restart.
+    asked = []
+
+    def unanswered(*args):
+        asked.append(args)
+        raise OSError("no resolver answers")
+
+    for lookup in ("getfqdn", "gethostbyaddr", "getnameinfo"):
+        monkeypatch.setattr(socket, lookup, unanswered)
+    server = ServiceHTTPServer("127.0.0.1", 0, ROUTES, LinkCounters())
+    try:
+        assert asked == []
+        assert server.server_port == server.server_address[1] > 0
+    finally:
+        server.server_close()
+
+
 def test_a_service_started_with_1024_open_files_raises_them_to_serve_thousands() -> None:
     """systemd starts a service at 1024 open files (soft), which would cap an LA under its
     thousand children: the server raises the soft limit towards its bound."""
