@@ -1,14 +1,14 @@
-"""Supervision on real systemd: in an LXC system container (systemd as PID 1, reached over SSH)
-the process runtime runs each service as a systemd unit. Killed with SIGKILL, a client, an LA and
-the GA each come back by themselves, without Ansible (how long each took is recorded and printed:
-the issue asks for 15 s, which a machine shared with other test runs cannot promise, so the wait's
-bound is a backstop); after a reboot of the container the pipeline comes back and the GA resumes
-at its round; a client's parent switch reloads it (same process); a re-placement restarts nothing
-else; reset.yml leaves no unit behind.
+"""Supervision on real systemd: in an LXC system container (systemd as PID 1, reached over SSH) the
+process runtime runs each service as a systemd unit. Killed with SIGKILL, a client, an LA and the
+GA each come back by themselves, without Ansible (how long each took is recorded and printed;
+bench/supervision.py measures it against the 15 s asked for, which a machine shared with other test
+runs cannot promise, so the wait's bound here is a backstop); after a reboot of the container the
+pipeline comes back and the GA resumes at its round; a client's parent switch reloads it (same
+process); a re-placement restarts nothing else; reset.yml leaves no unit behind.
 
-One container hosts all four services (GA, two LAs, a client: four inventory hosts on one
-address, ports apart): a second container would double the setup time and test nothing more of
-supervision. The services run the host's venv, bind-mounted read-only with this checkout."""
+One container hosts all four services (GA, two LAs, a client: four inventory hosts on one address,
+ports apart): a second container would double the setup time and test nothing more of supervision.
+The services run the host's venv, bind-mounted read-only with this checkout."""
 
 import os
 import re
@@ -17,13 +17,12 @@ import sys
 import time
 
 import pytest
-from hfl_helpers import ROOT, call, pki_context, playbook, write_inventory
+from hfl_helpers import ROOT, playbook
 from lxc import system_container
+from supervision import PORTS, Pipeline, inventory
 
 pytestmark = [pytest.mark.integration, pytest.mark.lxc]
 
-PIPELINE = "sup"
-PORTS = {"ga": 8080, "la1": 8081, "la2": 8082, "c1": 8090}
 BACKSTOP_S = 180  # for a killed service to answer again (a torch import on a loaded machine)
 
 
@@ -36,72 +35,6 @@ def container(tmp_path):
         pytest.skip(f"needs {', '.join(missing)} (scripts/setup.sh installs lxc and debootstrap)")
     with system_container(tmp_path / "ct", mounts=[ROOT, sys.base_prefix]) as ct:
         yield ct
-
-
-def inventory(tmp_path, ct, client_parent):
-    where = dict(ct.connection_vars(), hfl_address=ct.address, hfl_bind_host=ct.address)
-    tiers = {
-        "cloud": {"ga": {"hfl_role": "global_aggregator"}},
-        "fog": {"la1": {"hfl_role": "local_aggregator"}, "la2": {"hfl_role": "local_aggregator"}},
-        "edge": {"c1": {"hfl_role": "client", "hfl_parent": client_parent}},
-    }
-    for hosts in tiers.values():
-        for name, host_vars in hosts.items():
-            host_vars.update(where, hfl_port=PORTS[name])
-    cluster_vars = dict(
-        hfl_pipeline=PIPELINE, hfl_runtime="process", hfl_dataset="digits", hfl_download=False,
-        hfl_partitioner="iid", hfl_global_rounds=100000, hfl_local_rounds=1,
-        hfl_local_epochs=1, hfl_batch_size=32, hfl_learning_rate=0.05, hfl_min_participants=1,
-        hfl_round_timeout_s=60, hfl_state_dir=str(tmp_path / "controller"),
-        hfl_venv=str(ROOT / ".venv"))
-    return write_inventory(tmp_path / "inventory", tiers, cluster_vars)
-
-
-class Pipeline:
-    def __init__(self, tmp_path, ct):
-        self.ct = ct
-        self.tls = pki_context(tmp_path / "controller" / PIPELINE / "pki")
-
-    def status(self, name):
-        """The service's /status, or None while nothing answers."""
-        try:
-            return call(f"https://{self.ct.address}:{PORTS[name]}/status", self.tls,
-                        timeout=3)[1]
-        except OSError:
-            return None
-
-    def status_unless_pid(self, name, pid):
-        """The /status of ``name`` once a process other than ``pid`` answers, else None."""
-        doc = self.status(name)
-        return doc if doc and doc.get("pid") != pid else None
-
-    def journal(self, name):
-        return self.ct.attach(["journalctl", "-u", f"hfl-{PIPELINE}-{name}.service", "-o",
-                               "cat", "--no-pager"]).stdout
-
-    def unit(self, name, *props):
-        out = self.ct.attach(["systemctl", "show", *[f"-p{p}" for p in props],
-                              f"hfl-{PIPELINE}-{name}.service"]).stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def wait(self, what, check, deadline_s, unit=None):
-        """Poll ``check()`` until it returns something true, at most ``deadline_s``; a failure
-        shows ``unit``'s state and journal."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            found = check()
-            if found:
-                return found
-            time.sleep(0.2)
-        why = ""
-        if unit:
-            why = (f"\n{self.unit(unit, 'ActiveState', 'SubState', 'NRestarts', 'MainPID')}\n"
-                   f"{self.journal(unit)[-3000:]}")
-        raise AssertionError(f"{what}: not within {deadline_s} s{why}")
-
-    def global_round(self):
-        doc = self.status("ga")
-        return doc and doc.get("global_round")
 
 
 def test_units_restart_killed_services_and_come_back_after_a_reboot(container, tmp_path,
@@ -134,13 +67,8 @@ def test_units_restart_killed_services_and_come_back_after_a_reboot(container, t
     # SIGKILL: systemd starts each again, its /status answers with a new pid.
     back_s = {}
     for name in ("c1", "la2", "ga"):
-        before = p.status(name)
-        ct.attach(["kill", "-9", str(before["pid"])])
-        t0 = time.monotonic()
-        after = p.wait(f"{name} back after kill -9",
-                       lambda n=name, b=before: p.status_unless_pid(n, b["pid"]), BACKSTOP_S,
-                       unit=name)
-        back_s[name] = round(time.monotonic() - t0, 1)
+        took, before, after = p.back_after_kill(name, BACKSTOP_S)
+        back_s[name] = round(took, 1)
         record_property(f"{name}_back_s", back_s[name])
         assert p.unit(name, "NRestarts")["NRestarts"] == "1"  # systemd's doing, not Ansible's
         if name == "ga":  # resumed from its checkpoint, not from round 0
