@@ -11,7 +11,8 @@ measured twice:
   seven hosts and the joining c5), each host a network namespace with its own sshd and address
   (tests/integration/fleet.py); Ansible and the orchestrator run in the fleet's controller
   namespace, the orchestrator's status polls go to the GA's host over SSH. Hosts share this
-  machine's CPUs, filesystem and clock.
+  machine's CPUs, filesystem and clock. Ansible runs with examples/ansible-fleet.cfg, the
+  settings docs/inventory.md gives a fleet reached over SSH (pipelining, forks, ControlPersist).
 - join_s: a client written into the inventory file -> its first update in an LA's aggregate
   (the LA's results.jsonl lists it among the participants); detection included.
 - move_s: the orchestrator's decision (an LA was killed: its clients move to the other) -> every
@@ -63,6 +64,7 @@ PIPELINE = "demo"
 JOINING = "c5"
 # The local inventory's hosts and the joining client: one fleet host each.
 SSH_HOSTS = ["ga", "la1", "la2", "c1", "c2", "c3", "c4", JOINING]
+FLEET_CFG = ROOT / "examples" / "ansible-fleet.cfg"
 PROFILE_ENV = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
                "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"}
 
@@ -92,6 +94,7 @@ class Running:
         self.tmp = tmp
         self.fleet = fleet
         self.runner = fleet.run if fleet else run_group
+        self.env = {"ANSIBLE_CONFIG": str(FLEET_CFG)} if fleet else {}
         reference = edit_reference(rounds=1000)
 
         def edit(tiers, cluster_vars):
@@ -115,14 +118,14 @@ class Running:
         return self
 
     def _start(self):
-        run = playbook("place.yml", self.inventory, runner=self.runner)
+        run = playbook("place.yml", self.inventory, runner=self.runner, env=self.env)
         if run.rc != 0:
             raise SystemExit(f"place.yml failed: {run.why()}")
         argv = [str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(self.inventory),
                 str(ROOT / "playbooks" / "orchestrate.yml"), "-e", "hfl_orchestrate=true",
                 "-e", "hfl_orchestrate_poll_s=1", "-e", "hfl_orchestrate_max_wall_s=3600",
                 "-e", "hfl_stall_window=0"]
-        env = ansible_env()
+        env = {**ansible_env(), **self.env}
         if self.fleet:
             argv, env = self.fleet.in_controller(argv, env)
         self.log = open(self.tmp / "orchestrate.log", "w")  # noqa: SIM115 - closed in __exit__
@@ -137,7 +140,7 @@ class Running:
             stop_processes_under(self.state / "runner")  # a placement it had under way
             if self.log:
                 self.log.close()
-            playbook("reset.yml", self.inventory, runner=self.runner)
+            playbook("reset.yml", self.inventory, runner=self.runner, env=self.env)
         finally:
             stop_processes_under(self.tmp)
 
@@ -207,7 +210,8 @@ def measure_move(p: Running) -> tuple[float, float]:
 
 def measure_noop_place(p: Running, profile: bool) -> float:
     began = time.monotonic()
-    run = playbook("place.yml", p.inventory, runner=p.runner, env=PROFILE_ENV if profile else None)
+    run = playbook("place.yml", p.inventory, runner=p.runner,
+                   env={**p.env, **(PROFILE_ENV if profile else {})})
     took = time.monotonic() - began
     if run.rc != 0:
         raise SystemExit(f"place.yml (nothing to do) failed: {run.why()}")

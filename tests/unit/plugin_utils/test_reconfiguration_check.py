@@ -54,6 +54,24 @@ def test_a_difference_inside_the_noise_keeps_the_change():
     assert v.action == "keep"
 
 
+def test_a_slope_difference_inside_the_slopes_own_uncertainty_keeps_the_change():
+    # Label-skewed clients: accuracy swings by 0.1 from round to round, around a rising curve
+    # before the change and a flat one after it. Five rounds a side cannot tell those slopes
+    # apart: the forecast gap is inside its standard error, though four times the standard error
+    # of the level after the change (the margin before, which reverted this).
+    def swinging(curve):
+        return {r: acc + (0.05 if r % 2 else -0.05) for r, acc in curve.items()}
+
+    level = 0.05 + 0.2 * math.log(11)
+    series = {**swinging(log_curve(0.05, 0.2, range(5, 11))),
+              **swinging(log_curve(level, 0.0, range(11, 16)))}
+    v = check.evaluate(pending(), series, now=15, remaining_budget=20 * 1980)
+    fc = v.forecast
+    gap = fc["accuracy_revert"] - fc["accuracy_keep"]
+    assert v.action == "keep", v.reason
+    assert 4 * fc["fit_after"]["sd"] / math.sqrt(5) < gap < fc["margin"]
+
+
 def test_the_check_is_due_after_the_window_or_early_when_the_budget_ends_inside_it():
     p = pending()
     assert not check.due(p, 12, remaining_budget=100_000)
