@@ -139,9 +139,9 @@ def evaluate(
             return Verdict("revert", f"speculative change not shown better: {why}")
         return Verdict("keep", f"a revert cannot be shown better: {why}")
     a_new, b_new, sd_new = fit_log(*zip(*post, strict=True))
-    _, b_old, sd_old = fit_log(*zip(*pre, strict=True))
-    se_new = slope_se([r for r, _ in post], sd_new)
-    se_old = slope_se([r for r, _ in pre], sd_old)
+    b_old, sd_old = fit_log(*zip(*pre, strict=True))[1:]
+    se_new = slope_se([point[0] for point in post], sd_new)
+    se_old = slope_se([point[0] for point in pre], sd_old)
     level = a_new + b_new * math.log(now + 1)
     fc = {"fit_after": {"a": a_new, "b": b_new, "sd": sd_new, "b_se": se_new},
           "b_before": b_old, "b_before_se": se_old, "level_now": level}
