@@ -69,9 +69,14 @@ def needs_check(cost_before: float, cost_after: float, speculative: bool = False
     return speculative or cost_after > cost_before
 
 
+def _log_rounds(xs: list[float]) -> np.ndarray:
+    """The model's regressor: ln(x + 1) of each global round x."""
+    return np.log(np.asarray(xs, float) + 1.0)
+
+
 def fit_log(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     """Least-squares a, b of y = a + b*ln(x+1), and the residual standard deviation."""
-    x = np.log(np.asarray(xs, float) + 1.0)
+    x = _log_rounds(xs)
     y = np.asarray(ys, float)
     if len(x) < 2 or np.ptp(x) == 0:
         return float(y.mean()), 0.0, 0.0
@@ -83,7 +88,7 @@ def fit_log(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def slope_se(xs: list[float], sd: float) -> float:
     """The standard error of fit_log's b, given its residual standard deviation `sd`."""
-    x = np.log(np.asarray(xs, float) + 1.0)
+    x = _log_rounds(xs)
     sxx = float(((x - x.mean()) ** 2).sum())
     return sd / math.sqrt(sxx) if sxx > 0 else 0.0
 
