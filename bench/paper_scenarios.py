@@ -43,8 +43,7 @@ its own; here 36 services train on the same 2 cores as Ansible. Measured 2026-12
 pace, side by side at load 18-23: the orchestrator attached at round 24-26 and the join,
 decided at round 26-28, was in place 24-27 rounds later, at round 50-55 of about 55, so over two
 tries of 1a one check of two ran; one after another, quiet, still 25 rounds (17 s at 0.7 s a
-round).
-Training is unchanged by either: every round waits for every client.
+round). Training is unchanged by either: every round waits for every client.
 
 Prints one line per arm, the table, and one JSON line.
 """
